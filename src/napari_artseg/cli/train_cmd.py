@@ -1,0 +1,109 @@
+"""``artseg train``: train ScoreCAM-U-Net from image-level labels (and curated masks)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+from ..config import PRESETS, ArtSegConfig, preset
+from ..errors import ArtSegError
+from ..labels_file import read_labels_csv
+from .progress import run_with_progress
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    """Register the ``train`` sub-command."""
+    parser = sub.add_parser(
+        "train", help="train a model from labels.csv",
+        description="Train the classifier, make Score-CAM pseudo-labels, train the U-Net, "
+                    "choose thresholds on the validation split and write a model folder.")
+    parser.add_argument("--images", help="image folder the labels refer to")
+    parser.add_argument("--labels", help="labels.csv (image,label)")
+    parser.add_argument("--out", help="model folder to create")
+    parser.add_argument("--preset", default="fast", choices=sorted(PRESETS),
+                        help="settings preset (default fast; paper is for GPUs)")
+    parser.add_argument("--config", help="a config.json (or a model folder) to start from")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="override one setting, e.g. --set scorecam_weighting=softmax")
+    parser.add_argument("--device", choices=("auto", "cpu", "cuda", "mps"), help="compute device")
+    parser.add_argument("--epochs", type=int, help="epochs for both networks")
+    parser.add_argument("--masks", help="folder of curated masks <key>.tif")
+    parser.add_argument("--init", help="model folder to fine-tune from")
+    parser.add_argument("--seed", type=int, help="random seed")
+    parser.add_argument("--quiet", action="store_true", help="no progress output")
+    parser.set_defaults(run=run)
+
+
+def parse_override(text: str) -> tuple[str, Any]:
+    """Split ``KEY=VALUE``; the value is read as JSON when it parses, else as text."""
+    if "=" not in text:
+        raise ArtSegError(f"--set {text!r}: expected KEY=VALUE")
+    key, raw = text.split("=", 1)
+    try:
+        value = json.loads(raw)
+    except json.JSONDecodeError:
+        value = raw
+    return key.strip(), value
+
+
+def build_config(args: argparse.Namespace) -> ArtSegConfig:
+    """The run's config: preset or config file, then the command-line overrides."""
+    if args.config:
+        path = Path(args.config)
+        path = path / "config.json" if path.is_dir() else path
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, json.JSONDecodeError) as exc:
+            raise ArtSegError(f"{path}: cannot read config ({exc})") from None
+        data = data.get("config", data)
+        config = ArtSegConfig.from_dict(data, str(path))
+    else:
+        config = preset(args.preset)
+    changes = dict(parse_override(item) for item in args.set)
+    if args.device:
+        changes["device"] = args.device
+    if args.epochs is not None:
+        changes["classifier_epochs"] = changes["unet_epochs"] = args.epochs
+    if args.seed is not None:
+        changes["seed"] = args.seed
+    return ArtSegConfig.from_dict({**config.to_dict(), **changes}, "command line")
+
+
+def existing_labels(images: Path, labels_path: Path) -> dict[str, str]:
+    """Labels whose image exists; missing images are reported on stderr and skipped."""
+    table = read_labels_csv(labels_path)
+    if table.duplicates:
+        print(f"note: {labels_path}: {len(table.duplicates)} image(s) labelled more than once; "
+              f"the last row counts (first: {table.duplicates[0]})", file=sys.stderr)
+    present = {k: v for k, v in table.labels.items() if (images / k).is_file()}
+    missing = [k for k in table.labels if k not in present]
+    if missing:
+        print(f"note: {len(missing)} labelled image(s) not found in {images}, skipped "
+              f"(first: {missing[0]})", file=sys.stderr)
+    return present
+
+
+def run(args: argparse.Namespace) -> int:
+    """Train and print where the model went."""
+    from ..training import train_pipeline
+
+    if not (args.images and args.labels and args.out):
+        raise ArtSegError("give --images, --labels and --out")
+    images, labels_path, out = Path(args.images), Path(args.labels), Path(args.out)
+    if not images.is_dir():
+        raise ArtSegError(f"{images}: image folder not found")
+    if args.masks and not Path(args.masks).is_dir():
+        raise ArtSegError(f"{args.masks}: mask folder not found")
+    if out.exists():
+        raise ArtSegError(f"{out}: already exists; choose a new model folder")
+    config = build_config(args)
+    labels = existing_labels(images, labels_path)
+    generator = train_pipeline(images, labels, out, config, masks_dir=args.masks, init=args.init)
+    folder = run_with_progress(generator, quiet=args.quiet)
+    document = json.loads((folder / "config.json").read_text(encoding="utf-8"))
+    print(f"model {document['model_id']} written to {folder}")
+    print("thresholds: " + ", ".join(f"{k} {v:.4g}" for k, v in document["thresholds"].items()))
+    return 0

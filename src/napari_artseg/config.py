@@ -1,0 +1,202 @@
+"""One configuration object holding every tunable, with the ``fast`` and ``paper`` presets.
+
+The config is saved as JSON inside every model folder (``config.json``), and the
+CLI and the widgets read and write the same fields.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field, fields
+from typing import Any
+
+from .errors import ArtSegError
+
+DEVICES = ("auto", "cpu", "cuda", "mps")
+WEIGHTINGS = ("probability", "softmax", "baseline")
+
+
+@dataclass
+class ArtSegConfig:
+    """Every tunable of the ScoreCAM-U-Net pipeline.
+
+    Sizes in pixels are at the processing scale unless named ``*_px`` (full
+    resolution). ``None`` for a threshold means "choose it on the validation split".
+    """
+
+    preset: str = "fast"
+    method: str = "scorecam_unet"
+    # Classifier (ResNet, single-channel, single logit).
+    resnet_depth: int = 18
+    resnet_width: int = 16
+    resnet_stem_pool: bool = False
+    # Segmenter (the paper's U-Net: constant width, 3 convs per level).
+    unet_width: int = 16
+    unet_levels: int = 5
+    unet_convs_per_level: int = 3
+    # Geometry: images are resized by `scale`, networks see `input_size` squares,
+    # large images are cut into overlapping tiles with `tile_halo` px of overlap.
+    input_size: int = 256
+    scale: float = 0.5
+    tile_halo: int = 32
+    normalization: str = "zscore"
+    # Training.
+    classifier_epochs: int = 40
+    unet_epochs: int = 30
+    batch_size: int = 8
+    learning_rate: float = 0.002
+    lr_patience: int = 5
+    lr_factor: float = 0.1
+    early_stop_patience: int = 12
+    val_fraction: float = 0.2
+    augment: bool = True
+    balance_classes: bool = True
+    dice_weight: float = 0.0
+    curated_weight: float = 1.0
+    seed: int = 0
+    device: str = "auto"
+    amp: bool = True
+    # Score-CAM.
+    scorecam_weighting: str = "probability"
+    scorecam_batch_size: int = 32
+    scorecam_max_channels: int | None = None
+    # Thresholds (None: chosen on the validation split after training).
+    pseudo_label_threshold: float | None = None
+    gate_threshold: float | None = None
+    mask_threshold: float | None = None
+    min_size_px: int | None = None
+    min_size_um2: float | None = None
+    pixel_size_um: float | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def validate(self) -> ArtSegConfig:
+        """Check the values; raise :class:`ArtSegError` naming the first bad field."""
+        divisor = 2**self.unet_levels
+        checks = [
+            (self.resnet_depth in (18, 34, 50), "resnet_depth must be 18, 34 or 50"),
+            (self.resnet_width >= 1, "resnet_width must be >= 1"),
+            (self.unet_width >= 1, "unet_width must be >= 1"),
+            (1 <= self.unet_levels <= 7, "unet_levels must be between 1 and 7"),
+            (self.unet_convs_per_level >= 1, "unet_convs_per_level must be >= 1"),
+            (self.input_size % divisor == 0 and self.input_size >= divisor,
+             f"input_size must be a positive multiple of {divisor} (2**unet_levels)"),
+            (0 < self.scale <= 4, "scale must be in (0, 4]"),
+            (0 <= 2 * self.tile_halo < self.input_size, "tile_halo must be < input_size / 2"),
+            (self.normalization in ("zscore", "none"), "normalization must be zscore or none"),
+            (self.classifier_epochs >= 0 and self.unet_epochs >= 0, "epochs must be >= 0"),
+            (self.batch_size >= 1, "batch_size must be >= 1"),
+            (self.learning_rate > 0, "learning_rate must be > 0"),
+            (0 < self.val_fraction < 1, "val_fraction must be between 0 and 1"),
+            (self.device in DEVICES, f"device must be one of {', '.join(DEVICES)}"),
+            (self.scorecam_weighting in WEIGHTINGS,
+             f"scorecam_weighting must be one of {', '.join(WEIGHTINGS)}"),
+            (self.scorecam_batch_size >= 1, "scorecam_batch_size must be >= 1"),
+        ]
+        for ok, message in checks:
+            if not ok:
+                raise ArtSegError(f"invalid setting: {message}")
+        for name in ("pseudo_label_threshold", "gate_threshold", "mask_threshold"):
+            value = getattr(self, name)
+            if value is not None and not 0 <= value <= 1:
+                raise ArtSegError(f"invalid setting: {name} must be between 0 and 1")
+        return self
+
+    def to_dict(self) -> dict[str, Any]:
+        """The config as a JSON-serialisable dict."""
+        return dataclasses.asdict(self)
+
+    def to_json(self) -> str:
+        """The config as indented JSON text."""
+        return json.dumps(self.to_dict(), indent=2, sort_keys=True)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any], source: str = "config") -> ArtSegConfig:
+        """Build a config from a dict, refusing unknown fields and wrong types."""
+        known = {f.name: f for f in fields(cls)}
+        unknown = sorted(set(data) - set(known))
+        if unknown:
+            raise ArtSegError(f"{source}: unknown setting(s) {', '.join(unknown)}")
+        defaults = cls()
+        values = {}
+        for name, value in data.items():
+            default = getattr(defaults, name)
+            values[name] = _coerce(name, value, default, source)
+        return cls(**values).validate()
+
+    def replace(self, **changes: Any) -> ArtSegConfig:
+        """A copy with some fields changed (validated)."""
+        return dataclasses.replace(self, **changes).validate()
+
+
+def _coerce(name: str, value: Any, default: Any, source: str) -> Any:
+    """Check a value read from JSON against the type of its default."""
+    if value is None:
+        return None
+    expected = type(default) if default is not None else None
+    if expected is bool and not isinstance(value, bool):
+        raise ArtSegError(f"{source}: setting {name} must be true or false, got {value!r}")
+    if expected is int and not (isinstance(value, int) and not isinstance(value, bool)):
+        raise ArtSegError(f"{source}: setting {name} must be an integer, got {value!r}")
+    if expected is float or (expected is None and isinstance(value, int | float)):
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise ArtSegError(f"{source}: setting {name} must be a number, got {value!r}")
+        return float(value) if expected is float else value
+    if expected is str and not isinstance(value, str):
+        raise ArtSegError(f"{source}: setting {name} must be text, got {value!r}")
+    if expected is dict and not isinstance(value, dict):
+        raise ArtSegError(f"{source}: setting {name} must be an object, got {value!r}")
+    return value
+
+
+PRESETS: dict[str, dict[str, Any]] = {
+    # CPU-friendly: narrow networks at half resolution; trains in minutes on 2 cores.
+    "fast": {},
+    # The paper's settings (ResNet50, U-Net 64 filters, 1024 px, 150 epochs): for GPUs.
+    "paper": {
+        "resnet_depth": 50,
+        "resnet_width": 64,
+        "resnet_stem_pool": True,
+        "unet_width": 64,
+        "input_size": 1024,
+        "scale": 1.0,
+        "tile_halo": 64,
+        "classifier_epochs": 150,
+        "unet_epochs": 150,
+        "batch_size": 4,
+        "lr_patience": 10,
+        "early_stop_patience": 30,
+        "pseudo_label_threshold": 0.05,
+        "mask_threshold": 0.001,
+        "min_size_px": 1000,
+    },
+    # For unit tests and smoke runs only: tiny networks, very few epochs.
+    "tiny": {
+        "resnet_width": 4,
+        "unet_width": 4,
+        "unet_levels": 3,
+        "input_size": 64,
+        "scale": 0.5,
+        "tile_halo": 8,
+        "classifier_epochs": 2,
+        "unet_epochs": 2,
+        "batch_size": 4,
+        "scorecam_batch_size": 16,
+    },
+}
+
+
+def preset(name: str, **overrides: Any) -> ArtSegConfig:
+    """The config of a named preset, with optional field overrides.
+
+    Parameters
+    ----------
+    name : str
+        ``fast``, ``paper`` or ``tiny``.
+    **overrides
+        Fields to change.
+    """
+    if name not in PRESETS:
+        raise ArtSegError(f"unknown preset {name!r}; choose one of {', '.join(PRESETS)}")
+    values = {"preset": name, **PRESETS[name], **overrides}
+    return ArtSegConfig(**values).validate()

@@ -1,0 +1,193 @@
+"""Model folders: weights as safetensors plus a JSON sidecar a person can read.
+
+A model is a folder::
+
+    config.json               format_version, method, model_id, status, parent,
+                              config (every field), thresholds, versions, label
+                              counts, validation metrics
+    classifier.safetensors    weights (safetensors: loading runs no code)
+    unet.safetensors
+    history_<stage>.csv       per-epoch training curves
+    manifest.csv              image, label, target (curated/pseudo/zero), split
+
+The folder is built under a temporary name and renamed when complete, so a
+model folder is complete or absent.
+"""
+
+from __future__ import annotations
+
+import csv
+import datetime as _dt
+import hashlib
+import io
+import json
+import os
+import platform
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from . import __version__
+from .atomic import atomic_folder, atomic_write_text
+from .config import ArtSegConfig
+from .errors import ArtSegError, ModelFileError
+
+FORMAT_VERSION = 1
+METHODS = ("scorecam_unet",)
+COMPONENTS = ("classifier", "unet")
+
+
+def package_versions() -> dict[str, str]:
+    """Versions recorded in every model folder."""
+    import numpy
+
+    return {"napari_artseg": __version__, "torch": torch.__version__,
+            "numpy": numpy.__version__, "python": platform.python_version()}
+
+
+def weights_id(paths: Iterable[Path]) -> str:
+    """A short hash of the weight files' bytes: the model's identity."""
+    digest = hashlib.sha256()
+    for path in sorted(paths):
+        digest.update(path.name.encode())
+        digest.update(path.read_bytes())
+    return digest.hexdigest()[:16]
+
+
+def rows_to_csv(rows: list[dict[str, Any]]) -> str:
+    """Render dict rows as CSV text (columns from the union of keys, in order seen)."""
+    columns: list[str] = []
+    for row in rows:
+        columns.extend(k for k in row if k not in columns)
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=columns, lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(rows)
+    return buffer.getvalue()
+
+
+def save_model(
+    folder: str | os.PathLike,
+    config: ArtSegConfig,
+    networks: dict[str, torch.nn.Module],
+    metadata: dict[str, Any],
+    tables: dict[str, list[dict[str, Any]]] | None = None,
+    status: str = "complete",
+) -> Path:
+    """Write a model folder atomically and return its path.
+
+    Parameters
+    ----------
+    folder : path-like
+        The model folder to create (must not exist).
+    config : ArtSegConfig
+        The config it was trained with.
+    networks : dict
+        ``{"classifier": ..., "unet": ...}`` (a partial model may lack the U-Net).
+    metadata : dict
+        Extra top-level fields: thresholds, label_counts, validation_metrics,
+        parent, pixel_size_um, ...
+    tables : dict, optional
+        ``{"history_classifier": rows, "manifest": rows, ...}`` written as CSV.
+    status : str
+        ``complete`` or ``partial``.
+    """
+    from safetensors.torch import save_file
+
+    folder = Path(folder)
+    with atomic_folder(folder) as tmp:
+        weight_files = []
+        for name, net in networks.items():
+            state = {k: v.detach().cpu().contiguous() for k, v in net.state_dict().items()}
+            path = tmp / f"{name}.safetensors"
+            save_file(state, str(path))
+            weight_files.append(path)
+        for name, rows in (tables or {}).items():
+            atomic_write_text(tmp / f"{name}.csv", rows_to_csv(rows))
+        document = {
+            "format_version": FORMAT_VERSION,
+            "method": config.method,
+            "model_id": weights_id(weight_files),
+            "status": status,
+            "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+            "components": sorted(networks),
+            "versions": package_versions(),
+            **metadata,
+            "config": config.to_dict(),
+        }
+        atomic_write_text(tmp / "config.json", json.dumps(document, indent=2, default=str))
+    return folder
+
+
+def read_model_document(folder: str | os.PathLike) -> dict[str, Any]:
+    """Read and check a model folder's ``config.json``.
+
+    Raises
+    ------
+    ModelFileError
+        Missing folder or file, invalid JSON, a newer format version, an unknown
+        method, or an invalid config; the message names the file.
+    """
+    folder = Path(folder)
+    path = folder / "config.json"
+    if not folder.is_dir():
+        raise ModelFileError(f"{folder}: model folder not found")
+    if not path.is_file():
+        raise ModelFileError(f"{path}: missing; {folder} is not a model folder")
+    try:
+        document = json.loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ModelFileError(f"{path}: not valid JSON ({exc})") from None
+    if not isinstance(document, dict):
+        raise ModelFileError(f"{path}: expected a JSON object")
+    version = document.get("format_version")
+    if not isinstance(version, int) or version < 1:
+        raise ModelFileError(f"{path}: missing or invalid format_version")
+    if version > FORMAT_VERSION:
+        raise ModelFileError(
+            f"{path}: model format {version} is newer than this napari-artseg supports "
+            f"({FORMAT_VERSION}); upgrade napari-artseg"
+        )
+    if document.get("method") not in METHODS:
+        raise ModelFileError(f"{path}: unknown method {document.get('method')!r}")
+    try:
+        document["config"] = ArtSegConfig.from_dict(document.get("config") or {}, str(path))
+    except (ArtSegError, TypeError) as exc:
+        raise ModelFileError(str(exc)) from None
+    return document
+
+
+def load_weights(folder: Path, component: str, network: torch.nn.Module) -> None:
+    """Load ``<component>.safetensors`` into ``network``, checking names and shapes.
+
+    safetensors files hold raw tensors only, so loading executes no code.
+
+    Raises
+    ------
+    ModelFileError
+        The file is missing, not a safetensors file, or does not match the
+        architecture in config.json.
+    """
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    path = folder / f"{component}.safetensors"
+    if not path.is_file():
+        raise ModelFileError(f"{path}: missing weights file")
+    try:
+        state = load_file(str(path))
+    except (SafetensorError, OSError, ValueError) as exc:
+        raise ModelFileError(f"{path}: not a valid safetensors weights file ({exc})") from None
+    expected = network.state_dict()
+    missing = sorted(set(expected) - set(state))
+    unexpected = sorted(set(state) - set(expected))
+    wrong = sorted(k for k in set(state) & set(expected) if state[k].shape != expected[k].shape)
+    if missing or unexpected or wrong:
+        detail = (f"{len(missing)} missing, {len(unexpected)} unexpected, "
+                  f"{len(wrong)} wrong-shape tensors (e.g. {(missing + unexpected + wrong)[0]})")
+        raise ModelFileError(
+            f"{path}: weights do not match the architecture in config.json ({detail})"
+        )
+    network.load_state_dict(state)

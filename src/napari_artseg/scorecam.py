@@ -1,0 +1,327 @@
+"""Score-CAM saliency maps for the single-logit ResNet classifier.
+
+Score-CAM (Wang et al., 2020): the K activation maps ``A_k`` of the last
+convolutional stage are upsampled to the input size and min-max normalised;
+the input is multiplied by each normalised map and scored by the classifier;
+the scores weight the (un-normalised, upsampled) activation maps:
+``map = ReLU(sum_k w_k * up(A_k))``, finally min-max normalised to [0, 1].
+
+:func:`scorecam` is the fast, memory-bounded implementation used in training;
+:func:`scorecam_reference` is the plain one-forward-pass-per-channel loop that
+defines the expected result (tests and benchmarks compare the two).
+
+Definitions shared by both functions
+------------------------------------
+- A channel is *constant* when ``max(A_k) - min(A_k) < 1e-12`` on the
+  low-resolution activation (this includes dead channels, all zero after the
+  ReLU). Its normalised map is all zero, so its masked input is all zero and
+  its score is the score of an all-zero (= image mean) input. The test is made
+  on the low-resolution map because bilinear upsampling of a constant map is
+  constant mathematically, but not always bit-exactly in floating point; testing
+  the upsampled map would normalise rounding noise into a full [0, 1] mask.
+- A non-constant channel whose upsampled range is still < 1e-12 also gets an
+  all-zero normalised map (never NaN).
+- Bilinear upsampling uses ``align_corners=False``.
+- The weighted sum is accumulated in float64; the result is float32.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from napari_artseg.models.resnet import ResNetClassifier
+
+WEIGHTINGS: tuple[str, ...] = ("probability", "softmax", "baseline")
+"""Accepted values of the ``weighting`` argument."""
+
+_EPS = 1e-12
+
+
+def upsample_to(maps: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """Bilinearly upsample maps to ``size`` (``align_corners=False``).
+
+    Parameters
+    ----------
+    maps : torch.Tensor
+        Shape (N, K, h, w) or (K, h, w).
+    size : tuple of int
+        Target (H, W).
+
+    Returns
+    -------
+    torch.Tensor
+        Shape (N, K, H, W) or (K, H, W), same dtype as ``maps``.
+    """
+    if maps.dim() == 3:
+        return upsample_to(maps.unsqueeze(0), size).squeeze(0)
+    if maps.dim() != 4:
+        raise ValueError(f"maps must have shape (N, K, h, w) or (K, h, w), got {tuple(maps.shape)}")
+    return F.interpolate(maps, size=tuple(size), mode="bilinear", align_corners=False)
+
+
+def normalise_maps(maps: torch.Tensor) -> torch.Tensor:
+    """Min-max normalise each map (the last two dimensions) to [0, 1].
+
+    Parameters
+    ----------
+    maps : torch.Tensor
+        Shape (..., H, W).
+
+    Returns
+    -------
+    torch.Tensor
+        Same shape; a map whose range is below 1e-12 becomes all zero (no NaN).
+    """
+    low = maps.amin(dim=(-2, -1), keepdim=True)
+    span = maps.amax(dim=(-2, -1), keepdim=True) - low
+    valid = span >= _EPS
+    scaled = (maps - low) / torch.where(valid, span, torch.ones_like(span))
+    return torch.where(valid, scaled, torch.zeros_like(scaled))
+
+
+def constant_channels(acts: torch.Tensor) -> torch.Tensor:
+    """Which activation maps are constant (range < 1e-12), dead ones included.
+
+    Parameters
+    ----------
+    acts : torch.Tensor
+        Activations, shape (K, h, w).
+
+    Returns
+    -------
+    torch.Tensor
+        Boolean, shape (K,).
+    """
+    return (acts.amax(dim=(-2, -1)) - acts.amin(dim=(-2, -1))) < _EPS
+
+
+def _masks(acts: torch.Tensor, constant: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """Upsampled, normalised maps (B, H, W) of the channels ``acts`` (B, h, w)."""
+    norm = normalise_maps(upsample_to(acts, size))
+    return norm.masked_fill(constant[:, None, None], 0.0)
+
+
+def _weights(logits: torch.Tensor, weighting: str, zero_logit: torch.Tensor | None) -> torch.Tensor:
+    """Channel weights (float64) from the masked-input logits (float64)."""
+    if weighting == "probability":
+        return torch.sigmoid(logits)
+    if weighting == "softmax":
+        return torch.softmax(logits, dim=0)
+    assert zero_logit is not None
+    return torch.sigmoid(logits) - torch.sigmoid(zero_logit)
+
+
+def _finalise(cam_low: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """Upsample a low-resolution weighted sum, ReLU, normalise; float32 (H, W)."""
+    cam = upsample_to(cam_low[None, None], size)[0, 0]
+    return normalise_maps(torch.relu(cam)).float()
+
+
+def _check_args(images: torch.Tensor, weighting: str) -> None:
+    if weighting not in WEIGHTINGS:
+        raise ValueError(f"weighting must be one of {WEIGHTINGS}, got {weighting!r}")
+    if images.dim() != 4:
+        raise ValueError(f"images must have shape (N, C, H, W), got {tuple(images.shape)}")
+
+
+class _EvalMode:
+    """Context manager: eval mode inside, every module's training flag restored after."""
+
+    def __init__(self, model: nn.Module) -> None:
+        self.model = model
+        self.flags: list[tuple[nn.Module, bool]] = []
+
+    def __enter__(self) -> nn.Module:
+        self.flags = [(module, module.training) for module in self.model.modules()]
+        self.model.eval()
+        return self.model
+
+    def __exit__(self, *exc: object) -> None:
+        for module, flag in self.flags:
+            module.training = flag
+
+
+class _ZeroLogit:
+    """Logit of an all-zero input of a given shape, computed at most once."""
+
+    def __init__(self, model: nn.Module, shape: tuple[int, ...], like: torch.Tensor) -> None:
+        self.model = model
+        self.shape = shape
+        self.like = like
+        self.value: torch.Tensor | None = None
+
+    def get(self) -> torch.Tensor:
+        if self.value is None:
+            zeros = torch.zeros(self.shape, dtype=self.like.dtype, device=self.like.device)
+            self.value = self.model(zeros).double().reshape(())
+        return self.value
+
+
+def _select_channels(acts: torch.Tensor, max_channels: int | None) -> torch.Tensor:
+    """Indices (ascending) of the channels to use: all, or the top-N by spatial variance."""
+    count = acts.shape[0]
+    if max_channels is None or max_channels >= count:
+        return torch.arange(count, device=acts.device)
+    variance = acts.flatten(1).var(dim=1, correction=0)
+    return torch.topk(variance, max_channels).indices.sort().values
+
+
+def _scorecam_one(
+    model: ResNetClassifier,
+    image: torch.Tensor,
+    buffer: torch.Tensor,
+    weighting: str,
+    skip_dead: bool,
+    max_channels: int | None,
+    zero_logit: _ZeroLogit,
+) -> torch.Tensor:
+    """Fast Score-CAM of one image (C, H, W) -> (H, W) float32."""
+    size = (image.shape[-2], image.shape[-1])
+    acts = model.features(image[None])[0]
+    keep = _select_channels(acts, max_channels)
+    kept = acts[keep]
+    constant = constant_channels(kept)
+    logits = torch.empty(kept.shape[0], dtype=torch.float64, device=image.device)
+
+    passes = (
+        torch.nonzero(~constant).flatten()
+        if skip_dead
+        else torch.arange(kept.shape[0], device=image.device)
+    )
+    chunk = buffer.shape[0]
+    for start in range(0, passes.numel(), chunk):
+        rows = passes[start : start + chunk]
+        masked = buffer[: rows.numel()]
+        torch.mul(image[None], _masks(kept[rows], constant[rows], size)[:, None], out=masked)
+        logits[rows] = model(masked).double()
+    if skip_dead and bool(constant.any()):
+        logits[constant] = zero_logit.get()
+
+    base = zero_logit.get() if weighting == "baseline" else None
+    weights = _weights(logits, weighting, base)
+    # Bilinear upsampling is linear: sum_k w_k up(A_k) == up(sum_k w_k A_k).
+    cam_low = torch.einsum("k,khw->hw", weights, kept.double())
+    return _finalise(cam_low, size)
+
+
+def scorecam(
+    model: ResNetClassifier,
+    images: torch.Tensor,
+    batch_size: int = 32,
+    weighting: str = "probability",
+    skip_dead: bool = True,
+    max_channels: int | None = None,
+) -> torch.Tensor:
+    """Score-CAM saliency maps of the artifact class, memory-bounded and batched.
+
+    Parameters
+    ----------
+    model : ResNetClassifier
+        Classifier with ``features`` (target layer) and ``forward`` (logits).
+        It is put in eval mode for the call; every module's training flag is
+        restored afterwards.
+    images : torch.Tensor
+        Shape (N, C, H, W), float, on the model's device, already zero-centred
+        per image (masking then blends towards the image mean, 0).
+    batch_size : int
+        Masked inputs scored per forward pass; at most ``batch_size`` masked
+        inputs exist at a time (one reused buffer).
+    weighting : {"probability", "softmax", "baseline"}
+        ``"probability"``: ``w_k = sigmoid(logit_k)`` (ArtSeg paper).
+        ``"softmax"``: softmax of the masked logits over the channels (Score-CAM
+        paper). ``"baseline"``: ``sigmoid(logit_k) - sigmoid(logit(zeros))``.
+    skip_dead : bool
+        Constant channels (dead ones included) get no masked pass of their own:
+        their masked input is all zero, so they share one all-zero pass per
+        call. This is exact (same result as ``False``), only faster.
+    max_channels : int or None
+        If set, keep only the ``max_channels`` channels with the largest spatial
+        variance of ``A_k`` (Faster-Score-CAM approximation); the others are
+        dropped from the sum and from the softmax. ``None`` or >= K is exact.
+
+    Returns
+    -------
+    torch.Tensor
+        Maps in [0, 1], shape (N, H, W), float32, on ``images.device``. An
+        all-zero map stays all zero (never NaN). Not an inference tensor.
+
+    Raises
+    ------
+    ValueError
+        For a bad ``weighting``, ``batch_size`` < 1, ``max_channels`` < 1 or
+        ``images`` that are not 4-D.
+    """
+    _check_args(images, weighting)
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    if max_channels is not None and max_channels < 1:
+        raise ValueError(f"max_channels must be >= 1 or None, got {max_channels}")
+    n, channels, height, width = images.shape
+    with _EvalMode(model), torch.inference_mode():
+        chunk = min(batch_size, model.num_feature_channels)
+        buffer = torch.empty(
+            (chunk, channels, height, width), dtype=images.dtype, device=images.device
+        )
+        zero_logit = _ZeroLogit(model, (1, channels, height, width), images)
+        maps = [
+            _scorecam_one(model, images[i], buffer, weighting, skip_dead, max_channels, zero_logit)
+            for i in range(n)
+        ]
+        result = (
+            torch.stack(maps)
+            if maps
+            else torch.zeros((0, height, width), dtype=torch.float32, device=images.device)
+        )
+    return result.clone()
+
+
+def scorecam_reference(
+    model: ResNetClassifier, image: torch.Tensor, weighting: str = "probability"
+) -> torch.Tensor:
+    """Plain Score-CAM: one forward pass per channel, no skipping, no batching.
+
+    Slow; defines the result :func:`scorecam` must reproduce (tests, benchmarks).
+    Each channel is upsampled on its own and the weighted sum is taken over the
+    upsampled maps, as in the paper.
+
+    Parameters
+    ----------
+    model : ResNetClassifier
+        Classifier; put in eval mode for the call, training flags restored after.
+    image : torch.Tensor
+        One image (C, H, W) or a batch (N, C, H, W), zero-centred per image.
+    weighting : {"probability", "softmax", "baseline"}
+        See :func:`scorecam`.
+
+    Returns
+    -------
+    torch.Tensor
+        Maps in [0, 1], float32: (H, W) for a 3-D input, (N, H, W) for 4-D.
+    """
+    if image.dim() == 3:
+        return scorecam_reference(model, image[None], weighting)[0]
+    _check_args(image, weighting)
+    size = (image.shape[-2], image.shape[-1])
+    out = []
+    with _EvalMode(model), torch.inference_mode():
+        zero_logit = model(torch.zeros_like(image[:1])).double()[0]
+        for one in image:
+            acts = model.features(one[None])[0]
+            constant = constant_channels(acts)
+            logits = []
+            ups = []
+            for k in range(acts.shape[0]):
+                up = upsample_to(acts[k : k + 1], size)
+                mask = normalise_maps(up)
+                if constant[k]:
+                    mask = torch.zeros_like(mask)
+                logits.append(model((one * mask)[None]).double()[0])
+                ups.append(up[0].double())
+            weights = _weights(torch.stack(logits), weighting, zero_logit)
+            cam = torch.zeros(size, dtype=torch.float64, device=image.device)
+            for w, up in zip(weights, ups, strict=True):
+                cam += w * up
+            out.append(normalise_maps(torch.relu(cam)).float())
+    return torch.stack(out).clone()

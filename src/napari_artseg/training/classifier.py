@@ -1,0 +1,100 @@
+"""Training the image-level ResNet classifier (clean = 0, artifact = 1)."""
+
+from __future__ import annotations
+
+from collections.abc import Generator
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from ..config import ArtSegConfig
+from ..device import autocast
+from ..metrics import classification_counts
+from ..models import ResNetClassifier
+from .data import TrainingItem, balanced_indices, d4, global_view
+from .events import ProgressEvent
+from .loop import FitResult, fit
+
+
+def build_classifier(config: ArtSegConfig) -> ResNetClassifier:
+    """The classifier network described by ``config``."""
+    return ResNetClassifier(
+        depth=config.resnet_depth, width=config.resnet_width, stem_pool=config.resnet_stem_pool
+    )
+
+
+def global_views(items: list[TrainingItem], config: ArtSegConfig) -> torch.Tensor:
+    """Stack the classifier views (N, 1, S, S) of some items."""
+    return torch.stack([global_view(item.image, config.input_size) for item in items])
+
+
+@torch.inference_mode()
+def classifier_probabilities(
+    model: ResNetClassifier, views: torch.Tensor, device: torch.device, batch_size: int = 16,
+    amp: bool = True,
+) -> np.ndarray:
+    """P(artifact) for a stack of views (N, 1, S, S), computed in batches."""
+    model.eval()
+    out = []
+    for start in range(0, len(views), batch_size):
+        with autocast(device, amp):
+            logits = model(views[start:start + batch_size].to(device))
+        out.append(torch.sigmoid(logits.float()).cpu())
+    return torch.cat(out).numpy() if out else np.zeros(0, dtype=np.float32)
+
+
+def train_classifier(
+    items: list[TrainingItem],
+    train_idx: list[int],
+    val_idx: list[int],
+    config: ArtSegConfig,
+    device: torch.device,
+    model: ResNetClassifier | None = None,
+    learning_rate: float | None = None,
+) -> Generator[ProgressEvent, None, tuple[ResNetClassifier, FitResult]]:
+    """Train the classifier on image-level labels; yields progress, returns model and fit.
+
+    Class imbalance is handled by balanced sampling (each epoch draws as many
+    images as the training split holds, both classes equally likely) when
+    ``config.balance_classes``; augmentation draws one of the 8 square symmetries
+    per image.
+    """
+    torch.manual_seed(config.seed)
+    model = (model or build_classifier(config)).to(device)
+    views = global_views(items, config)
+    labels = torch.tensor([float(item.label) for item in items])
+    train_labels = [items[i].label for i in train_idx]
+    generator = torch.Generator().manual_seed(config.seed)
+    n_batches = max(1, -(-len(train_idx) // config.batch_size))
+
+    def batches(epoch: int):
+        if config.balance_classes:
+            drawn = balanced_indices(train_labels, len(train_idx), generator)
+            order = [train_idx[i] for i in drawn]
+        else:
+            order = [train_idx[i] for i in torch.randperm(len(train_idx), generator=generator)]
+        for start in range(0, len(order), config.batch_size):
+            chosen = order[start:start + config.batch_size]
+            x = views[chosen]
+            if config.augment:
+                ks = torch.randint(0, 8, (len(chosen),), generator=generator).tolist()
+                x = torch.stack([d4(v, k) for v, k in zip(x, ks, strict=True)])
+            yield x, labels[chosen]
+
+    def loss_fn(logits: torch.Tensor, batch) -> torch.Tensor:
+        return F.binary_cross_entropy_with_logits(logits, batch[1])
+
+    def validate(net: torch.nn.Module) -> dict[str, float]:
+        probs = classifier_probabilities(net, views[val_idx], device, amp=config.amp)
+        truth = labels[val_idx].numpy()
+        clipped = np.clip(probs, 1e-7, 1 - 1e-7)
+        loss = float(-np.mean(truth * np.log(clipped) + (1 - truth) * np.log(1 - clipped)))
+        counts = classification_counts(probs >= 0.5, truth > 0.5)
+        return {"val_loss": loss, "val_f1": counts["f1"], "val_accuracy": counts["accuracy"]}
+
+    result = yield from fit(
+        "classifier", model, config, config.classifier_epochs, device, batches, n_batches,
+        loss_fn, validate, learning_rate,
+    )
+    return model, result

@@ -1,0 +1,179 @@
+"""Training data: images and labels in memory at the processing scale, splits, augmentation."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Generator
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ..config import ArtSegConfig
+from ..errors import ArtSegError
+from ..image_files import read_image, read_mask
+from ..normalize import mask_to_scale, prepare_image, resize
+from .events import ProgressEvent
+
+LABEL_VALUES = {"clean": 0, "artifact": 1}
+
+
+@dataclass
+class TrainingItem:
+    """One labelled image, held in memory at the processing scale.
+
+    Attributes
+    ----------
+    key : str
+        The image's path relative to the image folder (as in labels.csv).
+    label : int
+        1 artifact, 0 clean.
+    image : torch.Tensor
+        (1, h, w) normalised image at the processing scale.
+    full_shape : tuple of int
+        (H, W) at full resolution.
+    target : torch.Tensor or None
+        (1, h, w) pixel target in [0, 1] for the U-Net: a curated mask, zeros for a
+        clean image, or a Score-CAM pseudo-label (set later).
+    curated : bool
+        True when ``target`` comes from a mask file.
+    """
+
+    key: str
+    label: int
+    image: torch.Tensor
+    full_shape: tuple[int, int]
+    target: torch.Tensor | None = None
+    curated: bool = False
+
+
+def mask_path_for(masks_dir: Path, key: str) -> Path:
+    """The mask file of an image key: ``<masks>/<key without extension>.tif``."""
+    return masks_dir / (Path(key).with_suffix("").as_posix() + ".tif")
+
+
+def load_training_items(
+    images_dir: str | os.PathLike,
+    labels: dict[str, str],
+    config: ArtSegConfig,
+    masks_dir: str | os.PathLike | None = None,
+) -> Generator[ProgressEvent, None, tuple[list[TrainingItem], float | None]]:
+    """Read every labelled image (``unsure`` skipped) and its curated mask if any.
+
+    Yields progress; returns ``(items, pixel_size_um)`` where the pixel size is the
+    first one found in the files (or None).
+
+    Raises
+    ------
+    ArtSegError
+        A labelled image is missing or unreadable, a mask does not match its image,
+        or a clean image has a non-empty mask.
+    """
+    images_dir = Path(images_dir)
+    masks = Path(masks_dir) if masks_dir is not None else None
+    chosen = [(k, v) for k, v in labels.items() if v in LABEL_VALUES]
+    items: list[TrainingItem] = []
+    pixel_size = None
+    for done, (key, word) in enumerate(chosen, start=1):
+        loaded = read_image(images_dir / key)
+        pixel_size = pixel_size or loaded.pixel_size_um
+        image = prepare_image(loaded.data, config.scale, config.normalization)
+        item = TrainingItem(key, LABEL_VALUES[word], image, loaded.data.shape)
+        if masks is not None and mask_path_for(masks, key).is_file():
+            mask_file = mask_path_for(masks, key)
+            mask = read_mask(mask_file, shape=loaded.data.shape)
+            if item.label == 0 and mask.any():
+                raise ArtSegError(
+                    f"{mask_file}: non-empty mask for an image labelled clean ({key}); "
+                    "relabel the image as artifact or clear the mask"
+                )
+            item.target = mask_to_scale(mask, tuple(image.shape[-2:]))
+            item.curated = True
+        items.append(item)
+        yield ProgressEvent("data", done, len(chosen), message=f"read {key}")
+    return items, pixel_size
+
+
+def check_label_counts(items: list[TrainingItem]) -> dict[str, int]:
+    """Count labels and refuse data that cannot train a classifier.
+
+    Raises
+    ------
+    ArtSegError
+        Fewer than 2 images of either class, with advice.
+    """
+    n_artifact = sum(item.label for item in items)
+    counts = {"clean": len(items) - n_artifact, "artifact": n_artifact}
+    if min(counts.values()) < 2:
+        raise ArtSegError(
+            f"training needs at least 2 clean and 2 artifact images; got {counts['clean']} clean "
+            f"and {counts['artifact']} artifact: label more images of the missing class"
+        )
+    return counts
+
+
+def stratified_split(
+    labels: list[int], val_fraction: float, seed: int
+) -> tuple[list[int], list[int]]:
+    """Split indices into train and validation, keeping the class ratio.
+
+    Every class keeps at least one image on each side.
+    """
+    rng = np.random.default_rng(seed)
+    train: list[int] = []
+    val: list[int] = []
+    for value in sorted(set(labels)):
+        members = [i for i, lab in enumerate(labels) if lab == value]
+        rng.shuffle(members)
+        n_val = min(max(1, round(len(members) * val_fraction)), len(members) - 1)
+        val.extend(members[:n_val])
+        train.extend(members[n_val:])
+    return sorted(train), sorted(val)
+
+
+def balanced_indices(labels: list[int], n: int, generator: torch.Generator) -> list[int]:
+    """Draw ``n`` indices with replacement so both classes are equally likely."""
+    labels_t = torch.tensor(labels, dtype=torch.float64)
+    n_pos = labels_t.sum()
+    n_neg = len(labels) - n_pos
+    weights = torch.where(labels_t > 0, 1.0 / max(n_pos, 1), 1.0 / max(n_neg, 1))
+    return torch.multinomial(weights, n, replacement=True, generator=generator).tolist()
+
+
+def d4(tensor: torch.Tensor, k: int) -> torch.Tensor:
+    """Apply element ``k`` (0-7) of the square's symmetry group to the last two dims.
+
+    Rotations by ``k % 4`` quarter turns, followed by a transpose when ``k >= 4``:
+    the flips, 90-degree rotations and transpose the paper found helpful.
+    """
+    out = torch.rot90(tensor, k % 4, dims=(-2, -1))
+    return out.transpose(-2, -1) if k >= 4 else out
+
+
+def global_view(image: torch.Tensor, size: int) -> torch.Tensor:
+    """The classifier's view of a (1, h, w) image: resized to ``size`` x ``size``."""
+    return resize(image[None], (size, size))[0]
+
+
+def random_crop(
+    image: torch.Tensor, target: torch.Tensor, size: int, generator: torch.Generator
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """A random ``size`` square crop of an image and its target, padded when smaller.
+
+    Returns the image crop, the target crop and a weight map that is 0 on padding.
+    """
+    _, h, w = image.shape
+    weight = torch.ones_like(target)
+    pad_h, pad_w = max(0, size - h), max(0, size - w)
+    if pad_h or pad_w:
+        mode = "reflect" if pad_h < h and pad_w < w else "replicate"
+        pad = (0, pad_w, 0, pad_h)
+        image = torch.nn.functional.pad(image[None], pad, mode=mode)[0]
+        target = torch.nn.functional.pad(target, pad)
+        weight = torch.nn.functional.pad(weight, pad)
+        h, w = h + pad_h, w + pad_w
+    top = int(torch.randint(0, h - size + 1, (1,), generator=generator))
+    left = int(torch.randint(0, w - size + 1, (1,), generator=generator))
+    window = (slice(None), slice(top, top + size), slice(left, left + size))
+    return image[window], target[window], weight[window]

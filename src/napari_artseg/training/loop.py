@@ -1,0 +1,136 @@
+"""The epoch loop shared by the classifier and the U-Net.
+
+Adam, ReduceLROnPlateau on the validation loss, early stopping, best weights kept.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from collections.abc import Callable, Generator, Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from ..config import ArtSegConfig
+from ..device import autocast
+from .events import ProgressEvent
+
+Batch = tuple[torch.Tensor, ...]
+
+
+@dataclass
+class FitResult:
+    """What a finished (or stopped) fit produced.
+
+    Attributes
+    ----------
+    history : list of dict
+        One row per epoch: epoch, train_loss, val_loss, lr and validation metrics.
+    best_epoch : int
+        The epoch whose weights were kept (1-based; 0 when no epoch ran).
+    best_val_loss : float
+        Its validation loss.
+    stopped_early : bool
+        True when early stopping ended the fit.
+    """
+
+    history: list[dict[str, Any]] = field(default_factory=list)
+    best_epoch: int = 0
+    best_val_loss: float = math.inf
+    stopped_early: bool = False
+
+
+def fit(
+    stage: str,
+    model: torch.nn.Module,
+    config: ArtSegConfig,
+    epochs: int,
+    device: torch.device,
+    batches: Callable[[int], Iterable[Batch]],
+    n_batches: int,
+    loss_fn: Callable[[torch.Tensor, Batch], torch.Tensor],
+    validate: Callable[[torch.nn.Module], dict[str, float]],
+    learning_rate: float | None = None,
+) -> Generator[ProgressEvent, None, FitResult]:
+    """Train ``model`` in place for up to ``epochs`` epochs, keeping the best weights.
+
+    Parameters
+    ----------
+    stage : str
+        Stage name in the progress events.
+    model : torch.nn.Module
+        The network, already on ``device``.
+    config : ArtSegConfig
+        Learning rate, schedule and early-stopping settings.
+    epochs : int
+        Maximum number of epochs.
+    device : torch.device
+        Where batches are moved.
+    batches : callable
+        ``batches(epoch)`` returns the epoch's batches (tensors on the CPU; the
+        first is the network input).
+    n_batches : int
+        Batches per epoch (for progress).
+    loss_fn : callable
+        ``loss_fn(output, batch)`` with the batch already on ``device``.
+    validate : callable
+        ``validate(model)`` returns a dict with ``val_loss`` and other metrics.
+    learning_rate : float, optional
+        Overrides ``config.learning_rate`` (fine-tuning uses a smaller one).
+
+    Yields
+    ------
+    ProgressEvent
+        ``step`` events per batch and an ``epoch`` event per epoch.
+
+    Returns
+    -------
+    FitResult
+        History and the chosen epoch; the model holds the best weights.
+    """
+    optimizer = torch.optim.Adam(model.parameters(), lr=learning_rate or config.learning_rate)
+    scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(
+        optimizer, factor=config.lr_factor, patience=config.lr_patience
+    )
+    result = FitResult()
+    best_state = copy.deepcopy(model.state_dict())
+    stale = 0
+    total = epochs * n_batches
+    for epoch in range(1, epochs + 1):
+        model.train()
+        losses = []
+        for index, batch in enumerate(batches(epoch)):
+            batch = tuple(t.to(device, non_blocking=True) for t in batch)
+            optimizer.zero_grad(set_to_none=True)
+            with autocast(device, config.amp):
+                output = model(batch[0])
+            loss = loss_fn(output.float(), batch)
+            loss.backward()
+            optimizer.step()
+            losses.append(float(loss.detach()))
+            step = (epoch - 1) * n_batches + index + 1
+            yield ProgressEvent(stage, step, total, loss=losses[-1],
+                                message=f"epoch {epoch}/{epochs}")
+        model.eval()
+        metrics = validate(model)
+        val_loss = float(metrics["val_loss"])
+        scheduler.step(val_loss)
+        row = {"epoch": epoch, "train_loss": sum(losses) / max(1, len(losses)),
+               "lr": optimizer.param_groups[0]["lr"], **metrics}
+        result.history.append(row)
+        if val_loss < result.best_val_loss - 1e-7:
+            result.best_val_loss, result.best_epoch, stale = val_loss, epoch, 0
+            best_state = copy.deepcopy(model.state_dict())
+        else:
+            stale += 1
+        yield ProgressEvent(stage, epoch * n_batches, total, kind="epoch",
+                            loss=row["train_loss"], metrics=dict(row),
+                            message=f"epoch {epoch}/{epochs} val_loss {val_loss:.4f}")
+        if stale >= config.early_stop_patience:
+            result.stopped_early = True
+            break
+    model.load_state_dict(best_state)
+    model.eval()
+    return result

@@ -1,0 +1,195 @@
+"""The whole ScoreCAM-U-Net training run, as one generator.
+
+Stages: read data, train the classifier, Score-CAM pseudo-labels, train the
+U-Net, choose thresholds on the validation split, save the model folder.
+Closing the generator (cancel) between yields saves what was trained so far as a
+``partial`` model when the classifier had finished, and never touches any other
+model folder.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Generator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from ..config import ArtSegConfig
+from ..device import release_memory, resolve_device
+from ..model_files import read_model_document, save_model
+from ..training.classifier import (
+    build_classifier,
+    classifier_probabilities,
+    global_views,
+    train_classifier,
+)
+from ..training.data import TrainingItem, check_label_counts, load_training_items, stratified_split
+from ..training.pseudo_labels import assign_targets, choose_pseudo_threshold, saliency_maps
+from ..training.segmenter import build_unet, train_unet, unet_probability
+from ..training.thresholds import choose_gate_threshold, choose_mask_settings
+from .events import ProgressEvent
+
+
+class TrainingCancelled(Exception):
+    """Raised to a caller that asked for a result of a run it cancelled."""
+
+
+def _init_networks(init: Path | None, config: ArtSegConfig):
+    """Networks for the run: fresh, or loaded from a parent model (fine-tuning)."""
+    from ..model_files import load_weights
+
+    classifier, unet = build_classifier(config), build_unet(config)
+    parent = None
+    if init is not None:
+        document = read_model_document(init)
+        parent = document.get("model_id")
+        load_weights(init, "classifier", classifier)
+        if "unet" in document.get("components", []):
+            load_weights(init, "unet", unet)
+    return classifier, unet, parent
+
+
+def _manifest(items: list[TrainingItem], val_idx: list[int]) -> list[dict[str, Any]]:
+    """One row per training image: label, what supervised it, and its split."""
+    val = set(val_idx)
+    rows = []
+    for index, item in enumerate(items):
+        kind = "curated" if item.curated else ("pseudo" if item.label else "zero")
+        rows.append({"image": item.key, "label": "artifact" if item.label else "clean",
+                     "target": kind, "split": "val" if index in val else "train"})
+    return rows
+
+
+def _choose_thresholds(classifier, unet, items, val_idx, config, device, pseudo):
+    """Gate, mask and minimum-size settings chosen on the validation split."""
+    val_items = [items[i] for i in val_idx]
+    labels = np.array([item.label for item in val_items])
+    scores = classifier_probabilities(classifier, global_views(val_items, config), device,
+                                      amp=config.amp)
+    gate = config.gate_threshold
+    if gate is None:
+        gate = choose_gate_threshold(scores, labels)
+    probs = [unet_probability(unet, item.image, config, device).cpu().numpy() for item in val_items]
+    targets = [item.target[0].numpy() >= 0.5 for item in val_items]
+    curated = np.array([item.curated for item in val_items])
+    threshold, fraction, report = choose_mask_settings(probs, labels, scores >= gate, targets,
+                                                       curated)
+    if config.mask_threshold is not None:
+        threshold = config.mask_threshold
+    median_area = float(np.median([np.prod(item.full_shape) for item in items]))
+    min_size = config.min_size_px
+    if min_size is None:
+        min_size = int(round(fraction * median_area))
+    thresholds = {"pseudo_label": pseudo, "gate": float(gate), "mask": float(threshold),
+                  "min_size_px": int(min_size)}
+    return thresholds, {**report, "val_gate_f1": _f1(scores >= gate, labels)}
+
+
+def _f1(pred: np.ndarray, truth: np.ndarray) -> float:
+    from ..metrics import classification_counts
+
+    return float(classification_counts(pred, truth.astype(bool))["f1"])
+
+
+def train_pipeline(
+    images_dir: str | os.PathLike,
+    labels: dict[str, str],
+    out: str | os.PathLike,
+    config: ArtSegConfig,
+    masks_dir: str | os.PathLike | None = None,
+    init: str | os.PathLike | None = None,
+) -> Generator[ProgressEvent, None, Path]:
+    """Train ScoreCAM-U-Net from image-level labels (and optional curated masks).
+
+    Parameters
+    ----------
+    images_dir : path-like
+        Folder the label keys are relative to.
+    labels : dict
+        Image path -> ``clean`` / ``artifact`` / ``unsure`` (unsure is skipped).
+    out : path-like
+        The model folder to create (must not exist).
+    config : ArtSegConfig
+        Every setting.
+    masks_dir : path-like, optional
+        Curated masks ``<key>.tif`` that supervise their images directly.
+    init : path-like, optional
+        A model folder to fine-tune from (its id is recorded as ``parent``).
+
+    Yields
+    ------
+    ProgressEvent
+        Per batch, epoch and image; ``stage`` events at stage boundaries.
+
+    Returns
+    -------
+    pathlib.Path
+        The model folder.
+    """
+    out = Path(out)
+    if out.exists():
+        from ..errors import ArtSegError
+
+        raise ArtSegError(f"{out}: already exists; choose a new model folder")
+    config.validate()
+    device = resolve_device(config.device)
+    torch.manual_seed(config.seed)
+    yield ProgressEvent("data", kind="stage", message=f"reading images on {device}",
+                        metrics={"device": str(device)})
+    items, pixel_size = yield from load_training_items(images_dir, labels, config, masks_dir)
+    counts = check_label_counts(items)
+    train_idx, val_idx = stratified_split([i.label for i in items], config.val_fraction,
+                                          config.seed)
+    classifier, unet, parent = _init_networks(Path(init) if init else None, config)
+    fine_tune_lr = config.learning_rate * 0.1 if init else None
+    metadata: dict[str, Any] = {"parent": parent, "label_counts": counts,
+                                "pixel_size_um": pixel_size or config.pixel_size_um,
+                                "n_curated_masks": sum(i.curated for i in items)}
+    tables: dict[str, list[dict[str, Any]]] = {}
+    networks: dict[str, torch.nn.Module] = {}
+    finished = False
+    try:
+        yield ProgressEvent("classifier", kind="stage", message="training the classifier")
+        classifier, fit_c = yield from train_classifier(items, train_idx, val_idx, config, device,
+                                                        classifier, fine_tune_lr)
+        networks["classifier"] = classifier
+        tables["history_classifier"] = fit_c.history
+        need = [i for i, item in enumerate(items) if item.label == 1 and not item.curated]
+        yield ProgressEvent("pseudo_labels", 0, len(need), kind="stage",
+                            message="Score-CAM pseudo-labels")
+        maps = yield from saliency_maps(classifier, items, need, config, device)
+        pseudo = config.pseudo_label_threshold
+        pseudo_report: dict[str, float] = {}
+        if pseudo is None:
+            pseudo, pseudo_report = choose_pseudo_threshold(classifier, items, maps, val_idx,
+                                                            config, device)
+        pseudo_report.update(assign_targets(items, maps, pseudo))
+        yield ProgressEvent("unet", kind="stage", message="training the U-Net",
+                            metrics={"pseudo_label_threshold": pseudo, **pseudo_report})
+        unet, fit_u = yield from train_unet(items, train_idx, val_idx, config, device, unet,
+                                            fine_tune_lr)
+        networks["unet"] = unet
+        tables["history_unet"] = fit_u.history
+        yield ProgressEvent("thresholds", kind="stage", message="choosing thresholds")
+        thresholds, report = _choose_thresholds(classifier, unet, items, val_idx, config, device,
+                                                pseudo)
+        metadata.update(thresholds=thresholds, pseudo_labels=pseudo_report,
+                        validation_metrics={
+                            "classifier": fit_c.history[fit_c.best_epoch - 1] if fit_c.history
+                            else {},
+                            "unet": fit_u.history[fit_u.best_epoch - 1] if fit_u.history else {},
+                            **report})
+        tables["manifest"] = _manifest(items, val_idx)
+        yield ProgressEvent("save", kind="stage", message=f"saving {out}")
+        save_model(out, config, networks, metadata, tables, status="complete")
+        finished = True
+        yield ProgressEvent("save", 1, 1, kind="stage", message=f"saved {out}")
+        return out
+    finally:
+        if not finished and "classifier" in networks:
+            tables["manifest"] = _manifest(items, val_idx)
+            save_model(out, config, networks, metadata, tables, status="partial")
+        release_memory(device)

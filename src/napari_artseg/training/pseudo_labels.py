@@ -1,0 +1,113 @@
+"""Score-CAM pseudo-labels: saliency maps of artifact images, binarised.
+
+The threshold is a setting (the paper used 0.05 on its normalisation); when it is
+left unset it is chosen on the validation split by a deletion test: for each
+validation artifact image, the largest threshold whose above-threshold region,
+replaced by the image mean, turns the classifier's call to clean. The median of
+those per-image thresholds is used for every image.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Generator
+
+import numpy as np
+import torch
+
+from ..config import ArtSegConfig
+from ..models import ResNetClassifier
+from ..normalize import resize
+from ..scorecam import scorecam
+from .data import TrainingItem, global_view
+from .events import ProgressEvent
+
+#: Candidate pseudo-label thresholds for the deletion test, largest first.
+DELETION_CANDIDATES = (0.9, 0.8, 0.7, 0.6, 0.5, 0.4, 0.3, 0.25, 0.2, 0.15, 0.1, 0.05, 0.02)
+FALLBACK_THRESHOLD = 0.5
+
+
+def saliency_maps(
+    classifier: ResNetClassifier,
+    items: list[TrainingItem],
+    indices: list[int],
+    config: ArtSegConfig,
+    device: torch.device,
+) -> Generator[ProgressEvent, None, dict[int, torch.Tensor]]:
+    """Score-CAM maps of the chosen items at the classifier's view size (S, S).
+
+    Yields one progress event per image; returns ``{index: map}`` on the CPU.
+    """
+    maps: dict[int, torch.Tensor] = {}
+    for done, index in enumerate(indices, start=1):
+        view = global_view(items[index].image, config.input_size)[None].to(device)
+        cam = scorecam(
+            classifier, view, batch_size=config.scorecam_batch_size,
+            weighting=config.scorecam_weighting, max_channels=config.scorecam_max_channels,
+        )
+        maps[index] = cam[0].float().cpu()
+        yield ProgressEvent("pseudo_labels", done, len(indices), message=items[index].key)
+    return maps
+
+
+def to_item_scale(saliency: torch.Tensor, item: TrainingItem) -> torch.Tensor:
+    """Resize an (S, S) map to the item's processing-scale shape, as (1, h, w)."""
+    return resize(saliency[None, None], tuple(item.image.shape[-2:]))[0]
+
+
+@torch.inference_mode()
+def deletion_threshold(
+    classifier: ResNetClassifier, view: torch.Tensor, saliency: torch.Tensor,
+    device: torch.device, candidates: tuple[float, ...] = DELETION_CANDIDATES,
+) -> float | None:
+    """The largest threshold whose region, set to the mean (0), makes the view look clean.
+
+    Returns None when no candidate flips the classifier's call.
+    """
+    classifier.eval()
+    keep = torch.stack([(saliency < t).float() for t in candidates])[:, None]
+    probs = torch.sigmoid(classifier((view[None] * keep).to(device)).float()).cpu()
+    flipped = [t for t, p in zip(candidates, probs.tolist(), strict=True) if p < 0.5]
+    return flipped[0] if flipped else None
+
+
+def choose_pseudo_threshold(
+    classifier: ResNetClassifier, items: list[TrainingItem], maps: dict[int, torch.Tensor],
+    val_idx: list[int], config: ArtSegConfig, device: torch.device,
+) -> tuple[float, dict[str, float]]:
+    """Choose the pseudo-label threshold on the validation artifact images.
+
+    Returns the threshold and a small report (``n_images``, ``n_flipped``).
+    """
+    found = []
+    candidates = [i for i in val_idx if items[i].label == 1 and i in maps]
+    for index in candidates:
+        view = global_view(items[index].image, config.input_size)
+        value = deletion_threshold(classifier, view, maps[index], device)
+        if value is not None:
+            found.append(value)
+    threshold = float(np.median(found)) if found else FALLBACK_THRESHOLD
+    return threshold, {"n_images": len(candidates), "n_flipped": len(found)}
+
+
+def assign_targets(
+    items: list[TrainingItem], maps: dict[int, torch.Tensor], threshold: float
+) -> dict[str, float]:
+    """Give every item without a curated mask its U-Net target.
+
+    Clean images get zeros; artifact images get their saliency map binarised at
+    ``threshold``. Returns pseudo-mask statistics (mean area fraction).
+    """
+    fractions = []
+    for index, item in enumerate(items):
+        if item.curated:
+            continue
+        if item.label == 0:
+            item.target = torch.zeros_like(item.image)
+            continue
+        binary = (to_item_scale(maps[index], item) >= threshold).float()
+        item.target = binary
+        fractions.append(float(binary.mean()))
+    return {
+        "pseudo_mask_mean_fraction": float(np.mean(fractions)) if fractions else 0.0,
+        "pseudo_mask_images": len(fractions),
+    }

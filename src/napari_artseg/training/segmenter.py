@@ -1,0 +1,133 @@
+"""Training the U-Net on pixel targets (pseudo-labels, curated masks, zeros for clean)."""
+
+from __future__ import annotations
+
+from collections.abc import Generator
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from ..config import ArtSegConfig
+from ..device import autocast
+from ..models import UNet
+from ..tiling import predict_tiled
+from .data import TrainingItem, balanced_indices, d4, random_crop
+from .events import ProgressEvent
+from .loop import FitResult, fit
+
+
+def build_unet(config: ArtSegConfig) -> UNet:
+    """The U-Net described by ``config``."""
+    return UNet(
+        width=config.unet_width, levels=config.unet_levels,
+        convs_per_level=config.unet_convs_per_level,
+    )
+
+
+@torch.inference_mode()
+def unet_probability(
+    model: UNet, image: torch.Tensor, config: ArtSegConfig, device: torch.device,
+    batch_size: int = 4,
+) -> torch.Tensor:
+    """The U-Net's artifact probability (h, w) for a (1, h, w) image, tiled as configured."""
+    model.eval()
+
+    def forward(batch: torch.Tensor) -> torch.Tensor:
+        with autocast(device, config.amp):
+            return torch.sigmoid(model(batch).float())
+
+    prob = predict_tiled(forward, image.to(device), tile=config.input_size, halo=config.tile_halo,
+                         divisor=model.divisor, batch_size=batch_size)
+    return prob[0]
+
+
+def segmentation_loss(
+    logits: torch.Tensor, target: torch.Tensor, weight: torch.Tensor, dice_weight: float = 0.0
+) -> torch.Tensor:
+    """Pixel-weighted binary cross-entropy plus an optional soft Dice term.
+
+    Parameters
+    ----------
+    logits, target, weight : torch.Tensor
+        (B, 1, H, W); ``weight`` is 0 on padding and larger on curated pixels.
+    dice_weight : float
+        Weight of ``1 - soft Dice`` computed over the batch's foreground (the
+        generalised-Dice idea against class imbalance).
+    """
+    bce = F.binary_cross_entropy_with_logits(logits, target, weight=weight, reduction="sum")
+    loss = bce / weight.sum().clamp_min(1.0)
+    if dice_weight > 0:
+        prob = torch.sigmoid(logits) * (weight > 0)
+        inter = (prob * target).sum()
+        dice = (2 * inter + 1.0) / (prob.sum() + target.sum() + 1.0)
+        loss = loss + dice_weight * (1 - dice)
+    return loss
+
+
+def train_unet(
+    items: list[TrainingItem],
+    train_idx: list[int],
+    val_idx: list[int],
+    config: ArtSegConfig,
+    device: torch.device,
+    model: UNet | None = None,
+    learning_rate: float | None = None,
+) -> Generator[ProgressEvent, None, tuple[UNet, FitResult]]:
+    """Train the U-Net on the items' ``target`` maps; yields progress, returns model and fit.
+
+    Each epoch draws as many random ``input_size`` crops as there are training
+    images, artifact images as often as clean ones when ``config.balance_classes``.
+    Curated targets weigh ``config.curated_weight`` times more than pseudo-labels.
+    Validation runs the tiled prediction over the whole validation images.
+    """
+    missing = [items[i].key for i in (*train_idx, *val_idx) if items[i].target is None]
+    if missing:
+        raise ValueError(f"items without a pixel target: {missing[:3]}")
+    torch.manual_seed(config.seed + 1)
+    model = (model or build_unet(config)).to(device)
+    generator = torch.Generator().manual_seed(config.seed + 1)
+    train_labels = [items[i].label for i in train_idx]
+    n_batches = max(1, -(-len(train_idx) // config.batch_size))
+
+    def sample(index: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        item = items[index]
+        image, target, weight = random_crop(item.image, item.target, config.input_size, generator)
+        if item.curated:
+            weight = weight * config.curated_weight
+        if config.augment:
+            k = int(torch.randint(0, 8, (1,), generator=generator))
+            image, target, weight = d4(image, k), d4(target, k), d4(weight, k)
+        return image, target, weight
+
+    def batches(epoch: int):
+        if config.balance_classes:
+            drawn = balanced_indices(train_labels, len(train_idx), generator)
+            order = [train_idx[i] for i in drawn]
+        else:
+            order = [train_idx[i] for i in torch.randperm(len(train_idx), generator=generator)]
+        for start in range(0, len(order), config.batch_size):
+            crops = [sample(i) for i in order[start:start + config.batch_size]]
+            yield tuple(torch.stack(parts) for parts in zip(*crops, strict=True))
+
+    def loss_fn(logits: torch.Tensor, batch) -> torch.Tensor:
+        return segmentation_loss(logits, batch[1], batch[2], config.dice_weight)
+
+    def validate(net: torch.nn.Module) -> dict[str, float]:
+        losses, inter, union = [], 0.0, 0.0
+        for i in val_idx:
+            prob = unet_probability(net, items[i].image, config, device).cpu().clamp(1e-6, 1 - 1e-6)
+            target = items[i].target[0]
+            bce = -(target * prob.log() + (1 - target) * (1 - prob).log()).mean()
+            losses.append(float(bce))
+            pred, truth = prob >= 0.5, target >= 0.5
+            inter += float((pred & truth).sum())
+            union += float((pred | truth).sum())
+        iou = inter / union if union else 1.0
+        return {"val_loss": float(np.mean(losses)), "val_iou": iou}
+
+    result = yield from fit(
+        "unet", model, config, config.unet_epochs, device, batches, n_batches, loss_fn, validate,
+        learning_rate,
+    )
+    return model, result

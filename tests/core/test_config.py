@@ -1,0 +1,50 @@
+"""The config dataclass: presets, validation, JSON round trip."""
+
+import json
+
+import pytest
+
+from napari_artseg.config import PRESETS, ArtSegConfig, preset
+from napari_artseg.errors import ArtSegError
+
+
+@pytest.mark.parametrize("name", sorted(PRESETS))
+def test_presets_are_valid_and_round_trip(name):
+    config = preset(name)
+    assert config.preset == name
+    again = ArtSegConfig.from_dict(json.loads(config.to_json()))
+    assert again == config
+
+
+def test_paper_preset_matches_the_paper():
+    config = preset("paper")
+    assert (config.resnet_depth, config.unet_width, config.input_size) == (50, 64, 1024)
+    assert config.classifier_epochs == 150 and config.learning_rate == 0.002
+    assert config.pseudo_label_threshold == 0.05 and config.lr_patience == 10
+    assert config.early_stop_patience == 30
+
+
+@pytest.mark.parametrize(
+    ("changes", "word"),
+    [({"input_size": 100}, "input_size"), ({"device": "tpu"}, "device"),
+     ({"mask_threshold": 1.5}, "mask_threshold"), ({"resnet_depth": 20}, "resnet_depth"),
+     ({"tile_halo": 200}, "tile_halo")],
+)
+def test_bad_values_name_the_field(changes, word):
+    with pytest.raises(ArtSegError, match=word):
+        preset("fast", **changes)
+
+
+def test_from_dict_refuses_unknown_fields_and_wrong_types():
+    with pytest.raises(ArtSegError, match="unknown setting"):
+        ArtSegConfig.from_dict({"bogus": 1})
+    with pytest.raises(ArtSegError, match="integer"):
+        ArtSegConfig.from_dict({"batch_size": "eight"})
+    with pytest.raises(ArtSegError, match="true or false"):
+        ArtSegConfig.from_dict({"augment": 1})
+    assert ArtSegConfig.from_dict({"learning_rate": 1}).learning_rate == 1.0
+
+
+def test_unknown_preset():
+    with pytest.raises(ArtSegError, match="unknown preset"):
+        preset("huge")

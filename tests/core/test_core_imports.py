@@ -1,0 +1,25 @@
+"""The headless core never imports napari or Qt."""
+
+import subprocess
+import sys
+
+CORE_MODULES = [
+    "napari_artseg", "napari_artseg.config", "napari_artseg.image_files",
+    "napari_artseg.labels_file", "napari_artseg.models", "napari_artseg.scorecam",
+    "napari_artseg.training", "napari_artseg.predictor", "napari_artseg.metrics",
+    "napari_artseg.tiling", "napari_artseg.model_files", "napari_artseg.synth",
+    "napari_artseg.cli",
+]
+
+
+def test_core_imports_no_gui_toolkit():
+    code = (
+        "import sys\n"
+        f"for name in {CORE_MODULES!r}: __import__(name)\n"
+        "bad = sorted(m for m in sys.modules if m.split('.')[0] in "
+        "('napari', 'qtpy', 'PyQt5', 'PyQt6', 'PySide2', 'PySide6', 'magicgui', 'vispy'))\n"
+        "print(','.join(bad))\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                            check=True)
+    assert result.stdout.strip() == ""

@@ -1,0 +1,114 @@
+"""Tests of the ResNet classifier and the U-Net (tiny networks, CPU)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from napari_artseg.models import ResNetClassifier, UNet
+
+
+@pytest.mark.parametrize("depth, expansion", [(18, 1), (34, 1), (50, 4)])
+@pytest.mark.parametrize("size", [(64, 64), (64, 96)])
+def test_resnet_shapes(depth: int, expansion: int, size: tuple[int, int]) -> None:
+    torch.manual_seed(0)
+    model = ResNetClassifier(depth=depth, width=4).eval()
+    x = torch.randn(2, 1, *size)
+    with torch.no_grad():
+        feats = model.features(x)
+        logits = model(x)
+        head = model.head(feats)
+    assert model.num_feature_channels == 8 * 4 * expansion
+    assert model.downsample == 32
+    assert feats.shape == (2, model.num_feature_channels, size[0] // 32, size[1] // 32)
+    assert (feats >= 0).all()
+    assert logits.shape == (2,)
+    assert torch.allclose(head, logits)
+
+
+def test_resnet_no_stem_pool_features_at_one_sixteenth() -> None:
+    torch.manual_seed(0)
+    model = ResNetClassifier(depth=18, width=4, stem_pool=False).eval()
+    with torch.no_grad():
+        feats = model.features(torch.randn(1, 1, 64, 96))
+    assert model.downsample == 16
+    assert feats.shape == (1, 32, 4, 6)
+
+
+def test_resnet_minimum_size_and_channels() -> None:
+    model = ResNetClassifier(depth=18, width=2, in_channels=3).eval()
+    with torch.no_grad():
+        assert model(torch.randn(1, 3, 32, 32)).shape == (1,)
+
+
+@pytest.mark.parametrize("depth", [0, 10, 101, 152])
+def test_resnet_invalid_depth(depth: int) -> None:
+    with pytest.raises(ValueError, match="depth"):
+        ResNetClassifier(depth=depth)
+
+
+def test_resnet_learns_tiny_problem() -> None:
+    torch.manual_seed(0)
+    x = torch.randn(16, 1, 32, 32) * 0.1
+    y = torch.zeros(16)
+    x[::2, :, 8:20, 8:20] += 2.0  # every other image has a bright square
+    y[::2] = 1.0
+    model = ResNetClassifier(depth=18, width=4)
+    opt = torch.optim.Adam(model.parameters(), lr=1e-2)
+    loss_fn = torch.nn.BCEWithLogitsLoss()
+    losses = []
+    for _ in range(20):
+        opt.zero_grad()
+        loss = loss_fn(model(x), y)
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+    assert losses[-1] < 0.5 * losses[0]
+
+
+def test_unet_output_shape() -> None:
+    torch.manual_seed(0)
+    model = UNet(width=4, levels=5, convs_per_level=3)
+    assert model.divisor == 32
+    x = torch.randn(2, 1, 64, 96)
+    with torch.no_grad():
+        assert model(x).shape == (2, 1, 64, 96)
+    plain = UNet(width=4, levels=2, convs_per_level=1, batch_norm=False, in_channels=2)
+    with torch.no_grad():
+        assert plain(torch.randn(1, 2, 8, 12)).shape == (1, 1, 8, 12)
+
+
+def test_unet_rejects_bad_size() -> None:
+    model = UNet(width=4, levels=5)
+    with pytest.raises(ValueError, match="multiples of 32"):
+        model(torch.randn(1, 1, 70, 64))
+    with pytest.raises(ValueError, match="multiples of 32"):
+        model(torch.randn(1, 1, 64, 48))
+
+
+def test_unet_invalid_arguments() -> None:
+    with pytest.raises(ValueError, match="levels"):
+        UNet(levels=0)
+
+
+def test_unet_learns_fixed_square() -> None:
+    torch.manual_seed(0)
+    model = UNet(width=8, levels=2, convs_per_level=2)
+    x = torch.randn(4, 1, 32, 32)
+    target = torch.zeros(4, 1, 32, 32)
+    target[:, :, 8:24, 8:24] = 1.0
+    opt = torch.optim.Adam(model.parameters(), lr=1e-2)
+    loss_fn = torch.nn.BCEWithLogitsLoss()
+    losses = []
+    for _ in range(30):
+        opt.zero_grad()
+        loss = loss_fn(model(x), target)
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+    assert losses[-1] < 0.5 * losses[0]
+    model.eval()
+    with torch.no_grad():
+        pred = torch.sigmoid(model(x)) > 0.5
+    accuracy = (pred == target.bool()).float().mean().item()
+    assert accuracy > 0.9

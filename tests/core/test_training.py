@@ -1,0 +1,99 @@
+"""The training generators: progress, cancel, masks rules, refusal of bad label sets."""
+
+import json
+
+import numpy as np
+import pytest
+
+from napari_artseg.config import preset
+from napari_artseg.errors import ArtSegError
+from napari_artseg.image_files import write_tiff
+from napari_artseg.labels_file import read_labels_csv
+from napari_artseg.training import train_pipeline
+
+
+@pytest.fixture
+def labels(tiny_dataset):
+    return read_labels_csv(tiny_dataset / "labels.csv").labels
+
+
+def run_all(generator):
+    events = []
+    while True:
+        try:
+            events.append(next(generator))
+        except StopIteration as stop:
+            return events, stop.value
+
+
+def test_events_cover_every_stage_in_order(tiny_dataset, labels, tmp_path):
+    events, folder = run_all(
+        train_pipeline(tiny_dataset / "images", labels, tmp_path / "m", preset("tiny")))
+    stages = [e.stage for e in events if e.kind == "stage"]
+    assert stages[:5] == ["data", "classifier", "pseudo_labels", "unet", "thresholds"]
+    epochs = [e for e in events if e.kind == "epoch"]
+    assert {e.stage for e in epochs} == {"classifier", "unet"}
+    assert all("val_loss" in e.metrics and "train_loss" in e.metrics for e in epochs)
+    assert all(0 <= e.step <= e.total for e in events if e.total)
+    assert folder == tmp_path / "m" and (folder / "config.json").is_file()
+
+
+def test_cancel_during_unet_saves_a_partial_model(tiny_dataset, labels, tmp_path):
+    generator = train_pipeline(tiny_dataset / "images", labels, tmp_path / "m", preset("tiny"))
+    for event in generator:
+        if event.stage == "unet" and event.kind == "step":
+            break
+    generator.close()
+    document = json.loads((tmp_path / "m" / "config.json").read_text())
+    assert document["status"] == "partial" and document["components"] == ["classifier"]
+
+
+def test_cancel_during_classifier_writes_nothing(tiny_dataset, labels, tmp_path):
+    generator = train_pipeline(tiny_dataset / "images", labels, tmp_path / "m", preset("tiny"))
+    for event in generator:
+        if event.stage == "classifier" and event.kind == "step":
+            break
+    generator.close()
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_one_class_is_refused_with_advice(tiny_dataset, labels, tmp_path):
+    only_clean = {k: v for k, v in labels.items() if v == "clean"}
+    with pytest.raises(ArtSegError, match="at least 2 clean and 2 artifact"):
+        run_all(train_pipeline(tiny_dataset / "images", only_clean, tmp_path / "m",
+                               preset("tiny")))
+
+
+def test_nonzero_mask_on_a_clean_image_is_an_error(tiny_dataset, labels, tmp_path):
+    clean = next(k for k, v in labels.items() if v == "clean")
+    write_tiff(tmp_path / "masks" / clean, np.ones((96, 96), np.uint8))
+    with pytest.raises(ArtSegError, match="labelled clean"):
+        run_all(train_pipeline(tiny_dataset / "images", labels, tmp_path / "m", preset("tiny"),
+                               masks_dir=tmp_path / "masks"))
+
+
+def test_curated_masks_supervise_their_images_and_the_rest_get_pseudo_labels(
+        tiny_dataset, labels, tmp_path, tiny_model):
+    artifact = [k for k, v in labels.items() if v == "artifact"]
+    clean = next(k for k, v in labels.items() if v == "clean")
+    masks = tmp_path / "masks"
+    write_tiff(masks / artifact[0], (np.arange(96 * 96).reshape(96, 96) % 7 == 0).astype("u1"))
+    write_tiff(masks / clean, np.zeros((96, 96), np.uint8))
+    _, folder = run_all(train_pipeline(tiny_dataset / "images", labels, tmp_path / "m",
+                                       preset("tiny"), masks_dir=masks, init=tiny_model))
+    manifest = (folder / "manifest.csv").read_text().splitlines()
+    rows = dict((line.split(",")[0], line.split(",")[2]) for line in manifest[1:])
+    assert rows[artifact[0]] == "curated" and rows[clean] == "curated"
+    assert rows[artifact[1]] == "pseudo"
+    assert sum(v == "zero" for v in rows.values()) == sum(v == "clean" for v in labels.values()) - 1
+    document = json.loads((folder / "config.json").read_text())
+    parent = json.loads((tiny_model / "config.json").read_text())["model_id"]
+    assert document["parent"] == parent and document["n_curated_masks"] == 2
+
+
+def test_existing_output_folder_is_never_overwritten(tiny_dataset, labels, tmp_path):
+    (tmp_path / "m").mkdir()
+    (tmp_path / "m" / "keep.txt").write_text("mine")
+    with pytest.raises(ArtSegError, match="already exists"):
+        run_all(train_pipeline(tiny_dataset / "images", labels, tmp_path / "m", preset("tiny")))
+    assert (tmp_path / "m" / "keep.txt").read_text() == "mine"
