@@ -9,6 +9,9 @@ A model is a folder::
     unet.safetensors
     history_<stage>.csv       per-epoch training curves
     manifest.csv              image, label, target (curated/pseudo/zero), split
+    saliency/<key>.tif        Score-CAM map of each pseudo-labelled image (uint8, 0-255,
+                              classifier view size)
+    pseudo_labels/<key>.tif   its binarised pseudo-label (uint8 0/1, processing scale)
 
 The folder is built under a temporary name and renamed when complete, so a
 model folder is complete or absent.
@@ -27,6 +30,7 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 from . import __version__
@@ -75,6 +79,7 @@ def save_model(
     metadata: dict[str, Any],
     tables: dict[str, list[dict[str, Any]]] | None = None,
     status: str = "complete",
+    rasters: dict[str, np.ndarray] | None = None,
 ) -> Path:
     """Write a model folder atomically and return its path.
 
@@ -93,8 +98,12 @@ def save_model(
         ``{"history_classifier": rows, "manifest": rows, ...}`` written as CSV.
     status : str
         ``complete`` or ``partial``.
+    rasters : dict, optional
+        ``{"relative/path.tif": array}`` written as TIFF inside the folder.
     """
     from safetensors.torch import save_file
+
+    from .image_files import write_tiff
 
     folder = Path(folder)
     with atomic_folder(folder) as tmp:
@@ -106,6 +115,8 @@ def save_model(
             weight_files.append(path)
         for name, rows in (tables or {}).items():
             atomic_write_text(tmp / f"{name}.csv", rows_to_csv(rows))
+        for relative, array in (rasters or {}).items():
+            write_tiff(tmp / relative, array)
         document = {
             "format_version": FORMAT_VERSION,
             "method": config.method,

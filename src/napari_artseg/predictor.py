@@ -145,6 +145,21 @@ class ArtSegModel:
         full = resize(prob[None].float(), tuple(shape))[0, 0]
         return full.clamp_(0, 1).cpu().numpy().astype(np.float32, copy=False)
 
+    def saliency(self, image: np.ndarray) -> np.ndarray:
+        """The classifier's Score-CAM map of an image at full resolution, in [0, 1].
+
+        Uses the model's Score-CAM settings (weighting, batch size, channel limit).
+        """
+        from .scorecam import scorecam
+
+        prepared = self.prepare(np.asarray(image))
+        view = global_view(prepared, self.config.input_size)[None].to(self.device)
+        cam = scorecam(self.classifier, view, batch_size=self.config.scorecam_batch_size,
+                       weighting=self.config.scorecam_weighting,
+                       max_channels=self.config.scorecam_max_channels)
+        full = resize(cam[:, None].float().cpu(), tuple(np.shape(image)))[0, 0]
+        return full.clamp_(0, 1).numpy().astype(np.float32, copy=False)
+
     def predict(self, image: np.ndarray, threshold: float | None = None,
                 min_size_px: int | None = None, gate: bool = True, keep_ungated: bool = False,
                 pixel_size_um: float | None = None) -> Prediction:

@@ -147,3 +147,40 @@ def test_console_script_runs(tmp_path):
                              str(tmp_path / "none"), "--out", str(tmp_path), str(tmp_path)],
                             capture_output=True, text=True)
     assert result.returncode == 2 and "Traceback" not in result.stderr
+
+
+def test_sigterm_during_training_leaves_a_partial_model_and_exit_130(tiny_dataset, tmp_path):
+    import os
+    import signal
+    import time
+
+    out = tmp_path / "m"
+    process = subprocess.Popen(
+        [sys.executable, "-m", "napari_artseg", "train", "--images", str(tiny_dataset / "images"),
+         "--labels", str(tiny_dataset / "labels.csv"), "--out", str(out), "--preset", "tiny",
+         "--set", "unet_epochs=400"],
+        stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    seen = ""
+    while "training the U-Net" not in seen and time.monotonic() < deadline:
+        seen += process.stderr.readline()
+    os.kill(process.pid, signal.SIGTERM)
+    _, err = process.communicate(timeout=60)
+    assert process.returncode == 130, err
+    document = json.loads((out / "config.json").read_text())
+    assert document["status"] == "partial" and "Traceback" not in err
+
+
+def test_train_from_a_project_makes_the_model_current(tiny_dataset, tmp_path, capsys):
+    from napari_artseg.project import Project
+
+    images = tmp_path / "images"
+    shutil.copytree(tiny_dataset / "images", images)
+    project = Project.create(images)
+    shutil.copy(tiny_dataset / "labels.csv", project.labels_path)
+    status, out, err = run_cli(capsys, "train", "--project", project.folder, "--preset", "tiny",
+                               "--epochs", 1, "--quiet")
+    assert status == 0, err
+    models = [p for p in project.models_dir.iterdir() if p.is_dir()]
+    assert len(models) == 1 and models[0].name.endswith("-scorecam_unet")
+    assert Project.open(project.folder).current_model == models[0].name

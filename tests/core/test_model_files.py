@@ -29,6 +29,10 @@ def test_model_folder_has_the_documented_files(tiny_model):
         assert key in document
     assert set(document["thresholds"]) == {"pseudo_label", "gate", "mask", "min_size_px"}
     assert document["status"] == "complete" and document["config"]["preset"] == "tiny"
+    n_pseudo = sum(1 for line in (tiny_model / "manifest.csv").read_text().splitlines()
+                   if line.split(",")[2] == "pseudo")
+    assert len(list((tiny_model / "pseudo_labels").iterdir())) == n_pseudo > 0
+    assert len(list((tiny_model / "saliency").iterdir())) == n_pseudo
 
 
 def test_save_load_round_trip_predicts_identically(tiny_model, tiny_dataset):

@@ -55,3 +55,10 @@ def test_threshold_and_min_size_overrides(model):
     assert nothing.artifact_fraction <= everything.artifact_fraction
     too_small = model.predict(image, threshold=0.0, min_size_px=96 * 96 + 1, gate=False)
     assert not too_small.mask.any()
+
+
+def test_saliency_map_has_the_image_size_and_range(model):
+    image = np.random.default_rng(4).normal(1000, 50, (70, 90)).astype(np.float32)
+    cam = model.saliency(image)
+    assert cam.shape == (70, 90) and cam.dtype == np.float32
+    assert np.isfinite(cam).all() and cam.min() >= 0 and cam.max() <= 1

@@ -20,9 +20,12 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         "train", help="train a model from labels.csv",
         description="Train the classifier, make Score-CAM pseudo-labels, train the U-Net, "
                     "choose thresholds on the validation split and write a model folder.")
+    parser.add_argument("--project", help="an artseg project folder (instead of --images/--labels; "
+                                          "its masks/ are used as curated masks)")
     parser.add_argument("--images", help="image folder the labels refer to")
     parser.add_argument("--labels", help="labels.csv (image,label)")
-    parser.add_argument("--out", help="model folder to create")
+    parser.add_argument("--out", help="model folder to create (with --project: default "
+                                      "models/<UTC time>-<method>/)")
     parser.add_argument("--preset", default="fast", choices=sorted(PRESETS),
                         help="settings preset (default fast; paper is for GPUs)")
     parser.add_argument("--config", help="a config.json (or a model folder) to start from")
@@ -86,24 +89,46 @@ def existing_labels(images: Path, labels_path: Path) -> dict[str, str]:
     return present
 
 
+def model_folder_name(method: str) -> str:
+    """A new model folder name: ``<UTC timestamp>-<method>``."""
+    import datetime as dt
+
+    return dt.datetime.now(dt.timezone.utc).strftime("%Y%m%dT%H%M%SZ") + f"-{method}"
+
+
 def run(args: argparse.Namespace) -> int:
     """Train and print where the model went."""
     from ..training import train_pipeline
 
-    if not (args.images and args.labels and args.out):
-        raise ArtSegError("give --images, --labels and --out")
-    images, labels_path, out = Path(args.images), Path(args.labels), Path(args.out)
+    config = build_config(args)
+    project = None
+    if args.project:
+        from ..project import Project
+
+        if args.images or args.labels:
+            raise ArtSegError("give either --project or --images/--labels, not both")
+        project = Project.open(args.project)
+        images, labels_path = project.image_folder, project.labels_path
+        out = Path(args.out) if args.out else project.models_dir / model_folder_name(config.method)
+        masks = args.masks or (project.masks_dir if project.masks_dir.is_dir() else None)
+    elif args.images and args.labels and args.out:
+        images, labels_path, out = Path(args.images), Path(args.labels), Path(args.out)
+        masks = args.masks
+    else:
+        raise ArtSegError("give --images, --labels and --out (or --project)")
     if not images.is_dir():
         raise ArtSegError(f"{images}: image folder not found")
-    if args.masks and not Path(args.masks).is_dir():
-        raise ArtSegError(f"{args.masks}: mask folder not found")
+    if masks and not Path(masks).is_dir():
+        raise ArtSegError(f"{masks}: mask folder not found")
     if out.exists():
         raise ArtSegError(f"{out}: already exists; choose a new model folder")
-    config = build_config(args)
     labels = existing_labels(images, labels_path)
-    generator = train_pipeline(images, labels, out, config, masks_dir=args.masks, init=args.init)
+    generator = train_pipeline(images, labels, out, config, masks_dir=masks, init=args.init)
     folder = run_with_progress(generator, quiet=args.quiet)
     document = json.loads((folder / "config.json").read_text(encoding="utf-8"))
     print(f"model {document['model_id']} written to {folder}")
     print("thresholds: " + ", ".join(f"{k} {v:.4g}" for k, v in document["thresholds"].items()))
+    if project is not None:
+        project.set_current_model(folder)
+        print(f"{folder.name} is now the project's current model")
     return 0

@@ -63,6 +63,18 @@ def _manifest(items: list[TrainingItem], val_idx: list[int]) -> list[dict[str, A
     return rows
 
 
+def _rasters(items: list[TrainingItem], maps: dict[int, torch.Tensor]) -> dict[str, np.ndarray]:
+    """Score-CAM maps (uint8 0-255) and pseudo-labels (uint8 0/1) as TIFFs for the folder."""
+    out: dict[str, np.ndarray] = {}
+    for index, saliency in maps.items():
+        item = items[index]
+        stem = Path(item.key).with_suffix("").as_posix()
+        out[f"saliency/{stem}.tif"] = (saliency.numpy() * 255).round().astype(np.uint8)
+        if item.target is not None and not item.curated:
+            out[f"pseudo_labels/{stem}.tif"] = (item.target[0].numpy() >= 0.5).astype(np.uint8)
+    return out
+
+
 def _choose_thresholds(classifier, unet, items, val_idx, config, device, pseudo):
     """Gate, mask and minimum-size settings chosen on the validation split."""
     val_items = [items[i] for i in val_idx]
@@ -150,6 +162,7 @@ def train_pipeline(
                                 "n_curated_masks": sum(i.curated for i in items)}
     tables: dict[str, list[dict[str, Any]]] = {}
     networks: dict[str, torch.nn.Module] = {}
+    rasters: dict[str, np.ndarray] = {}
     finished = False
     try:
         yield ProgressEvent("classifier", kind="stage", message="training the classifier")
@@ -167,6 +180,7 @@ def train_pipeline(
             pseudo, pseudo_report = choose_pseudo_threshold(classifier, items, maps, val_idx,
                                                             config, device)
         pseudo_report.update(assign_targets(items, maps, pseudo))
+        rasters = _rasters(items, maps)
         yield ProgressEvent("unet", kind="stage", message="training the U-Net",
                             metrics={"pseudo_label_threshold": pseudo, **pseudo_report})
         unet, fit_u = yield from train_unet(items, train_idx, val_idx, config, device, unet,
@@ -184,12 +198,12 @@ def train_pipeline(
                             **report})
         tables["manifest"] = _manifest(items, val_idx)
         yield ProgressEvent("save", kind="stage", message=f"saving {out}")
-        save_model(out, config, networks, metadata, tables, status="complete")
+        save_model(out, config, networks, metadata, tables, status="complete", rasters=rasters)
         finished = True
         yield ProgressEvent("save", 1, 1, kind="stage", message=f"saved {out}")
         return out
     finally:
         if not finished and "classifier" in networks:
             tables["manifest"] = _manifest(items, val_idx)
-            save_model(out, config, networks, metadata, tables, status="partial")
+            save_model(out, config, networks, metadata, tables, status="partial", rasters=rasters)
         release_memory(device)
