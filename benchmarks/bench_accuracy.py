@@ -83,7 +83,9 @@ def score(preds: list[np.ndarray], calls: list[bool], test) -> dict[str, float]:
     return row
 
 
-def train_model(train: Path, out: Path, seed: int, masks: bool, overrides: dict) -> tuple[Path, float]:
+def train_model(
+    train: Path, out: Path, seed: int, masks: bool, overrides: dict
+) -> tuple[Path, float]:
     """Train one model; returns its folder and the training time in seconds."""
     labels = read_labels_csv(train / "labels.csv").labels
     config = preset("fast", seed=seed, **overrides)

@@ -32,7 +32,7 @@ class ArtSegConfig:
     resnet_width: int = 16
     resnet_stem_pool: bool = False
     # Segmenter (the paper's U-Net: constant width, 3 convs per level).
-    unet_width: int = 16
+    unet_width: int = 8
     unet_levels: int = 5
     unet_convs_per_level: int = 3
     # Geometry: images are resized by `scale`, networks see `input_size` squares,
@@ -60,7 +60,9 @@ class ArtSegConfig:
     # Score-CAM.
     scorecam_weighting: str = "probability"
     scorecam_batch_size: int = 32
-    scorecam_max_channels: int | None = None
+    scorecam_max_channels: int | None = 32
+    pseudo_label_per_image: bool = True
+    self_training_rounds: int = 1
     # Thresholds (None: chosen on the validation split after training).
     pseudo_label_threshold: float | None = None
     gate_threshold: float | None = None
@@ -92,6 +94,7 @@ class ArtSegConfig:
             (self.scorecam_weighting in WEIGHTINGS,
              f"scorecam_weighting must be one of {', '.join(WEIGHTINGS)}"),
             (self.scorecam_batch_size >= 1, "scorecam_batch_size must be >= 1"),
+            (self.self_training_rounds >= 0, "self_training_rounds must be >= 0"),
         ]
         for ok, message in checks:
             if not ok:
@@ -158,6 +161,7 @@ PRESETS: dict[str, dict[str, Any]] = {
         "resnet_width": 64,
         "resnet_stem_pool": True,
         "unet_width": 64,
+        "scorecam_max_channels": None,
         "input_size": 1024,
         "scale": 1.0,
         "tile_halo": 64,
@@ -167,6 +171,8 @@ PRESETS: dict[str, dict[str, Any]] = {
         "lr_patience": 10,
         "early_stop_patience": 30,
         "pseudo_label_threshold": 0.05,
+        "pseudo_label_per_image": False,
+        "self_training_rounds": 0,
         "mask_threshold": 0.001,
         "min_size_px": 1000,
     },
@@ -175,6 +181,7 @@ PRESETS: dict[str, dict[str, Any]] = {
         "resnet_width": 4,
         "unet_width": 4,
         "unet_levels": 3,
+        "scorecam_max_channels": None,
         "input_size": 64,
         "scale": 0.5,
         "tile_halo": 8,

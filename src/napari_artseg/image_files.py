@@ -96,31 +96,50 @@ def _read_tiff(path: Path) -> tuple[np.ndarray, float | None]:
                 data = np.moveaxis(data, 0, -1)
     except ImageReadError:
         raise
-    except (tifffile.TiffFileError, ValueError, OSError, KeyError, IndexError) as exc:
-        raise ImageReadError(f"{path}: not a readable TIFF ({exc})") from None
+    except MemoryError:
+        raise ImageReadError(f"{path}: too large to read into memory") from None
+    except Exception as exc:  # any decoder error (zlib.error, ...)
+        raise ImageReadError(f"{path}: not a readable TIFF ({_one_line(exc)})") from None
     return data, pixel_size
 
 
-def _read_pillow(path: Path) -> np.ndarray:
-    from PIL import Image, UnidentifiedImageError
+def _one_line(exc: BaseException) -> str:
+    """The first line of an exception's message (its type name when it has none)."""
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
+def _read_pillow(path: Path, notes: list[str]) -> np.ndarray:
+    import warnings
+
+    from PIL import Image
 
     try:
-        with Image.open(path) as img:
-            n_frames = getattr(img, "n_frames", 1)
-            if n_frames > 1:
-                raise ImageReadError(f"{path}: holds {n_frames} frames; artseg reads one 2-D image")
-            if img.mode in ("P", "PA", "LA", "CMYK", "YCbCr", "1"):
-                img = img.convert("RGBA" if "A" in img.mode else "RGB")
-            return np.asarray(img)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always", Image.DecompressionBombWarning)
+            with Image.open(path) as img:
+                n_frames = getattr(img, "n_frames", 1)
+                if n_frames > 1:
+                    raise ImageReadError(
+                        f"{path}: holds {n_frames} frames; artseg reads one 2-D image per file"
+                    )
+                if img.mode in ("P", "PA", "LA", "CMYK", "YCbCr", "1"):
+                    img = img.convert("RGBA" if "A" in img.mode else "RGB")
+                data = np.asarray(img)
+        if any(issubclass(w.category, Image.DecompressionBombWarning) for w in caught):
+            notes.append(f"{path.name}: very large image ({data.shape[1]} x {data.shape[0]} px)")
+        return data
     except ImageReadError:
         raise
     except Image.DecompressionBombError as exc:
         raise ImageReadError(
-            f"{path}: image too large for Pillow's decompression-bomb guard ({exc}); "
-            "convert it to TIFF to read it"
+            f"{path}: image too large for Pillow's decompression-bomb guard "
+            f"({_one_line(exc)}); convert it to a tiled TIFF to read it"
         ) from None
-    except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as exc:
-        raise ImageReadError(f"{path}: not a readable image ({exc})") from None
+    except MemoryError:
+        raise ImageReadError(f"{path}: too large to read into memory") from None
+    except Exception as exc:  # any decoder error
+        raise ImageReadError(f"{path}: not a readable image ({_one_line(exc)})") from None
 
 
 def _to_grey(data: np.ndarray, path: Path, notes: list[str]) -> np.ndarray:
@@ -131,7 +150,11 @@ def _to_grey(data: np.ndarray, path: Path, notes: list[str]) -> np.ndarray:
     if data.ndim == 3 and data.shape[-1] == 2:  # grey + alpha
         notes.append(f"{path.name}: alpha channel dropped")
         return data[..., 0]
-    squeezed = np.squeeze(data)
+    squeezed = data
+    while squeezed.ndim > 2 and squeezed.shape[0] == 1:  # keep 1 x N and 1 x 1 images 2-D
+        squeezed = squeezed[0]
+    if squeezed.ndim == 3 and squeezed.shape[-1] == 1:
+        squeezed = squeezed[..., 0]
     if squeezed.ndim != 2:
         raise ImageReadError(
             f"{path}: has shape {data.shape}; artseg reads one 2-D image per file "
@@ -169,13 +192,16 @@ def read_image(path: str | os.PathLike) -> LoadedImage:
     if path.suffix.lower() in TIFF_EXTENSIONS:
         raw, pixel_size = _read_tiff(path)
     else:
-        raw = _read_pillow(path)
+        raw = _read_pillow(path, notes)
     if raw.dtype == bool:
         raw = raw.astype(np.uint8)
     if not (np.issubdtype(raw.dtype, np.number)) or np.iscomplexobj(raw):
         raise ImageReadError(f"{path}: unsupported pixel type {raw.dtype}")
     grey = _to_grey(raw, path, notes)
-    data = np.ascontiguousarray(grey, dtype=np.float32)
+    try:
+        data = np.ascontiguousarray(grey, dtype=np.float32)
+    except MemoryError:
+        raise ImageReadError(f"{path}: too large to read into memory ({grey.shape})") from None
     if data.size == 0:
         raise ImageReadError(f"{path}: image has no pixels (shape {data.shape})")
     finite = np.isfinite(data)

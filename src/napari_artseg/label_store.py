@@ -19,8 +19,6 @@ The store imports no GUI toolkit.
 from __future__ import annotations
 
 import contextlib
-import csv
-import io
 import os
 import time
 from collections.abc import Iterable, Mapping
@@ -29,7 +27,13 @@ from pathlib import Path
 from types import MappingProxyType
 
 from .atomic import atomic_write
-from .labels_file import HEADER, LABEL_WORDS, check_relative_image_path, read_labels_csv
+from .labels_file import (
+    HEADER,
+    LABEL_WORDS,
+    check_relative_image_path,
+    format_labels_row,
+    read_labels_csv,
+)
 
 #: Maximum number of changes :meth:`LabelStore.undo` can revert.
 UNDO_DEPTH = 1000
@@ -52,13 +56,6 @@ class LabelChange:
     image: str
     before: str | None
     after: str | None
-
-
-def _format_row(image: str, word: str) -> str:
-    """One CSV line (quoted when the name needs it), newline included."""
-    buffer = io.StringIO()
-    csv.writer(buffer, lineterminator="\n").writerow((image, word))
-    return buffer.getvalue()
 
 
 def _file_signature(path: Path) -> tuple[int, int, int] | None:
@@ -122,7 +119,8 @@ class LabelStore:
             table_labels = table.labels
             self.duplicates = list(dict.fromkeys(table.duplicates))
         self._labels = dict(table_labels)
-        self._lines = {image: _format_row(image, word) for image, word in table_labels.items()}
+        self._lines = {image: format_labels_row(image, word)
+                       for image, word in table_labels.items()}
         self._signature = signature
         self._recount()
 
@@ -266,7 +264,7 @@ class LabelStore:
         if label is None:
             self._lines.pop(image, None)
         else:
-            self._lines[image] = _format_row(image, label)
+            self._lines[image] = format_labels_row(image, label)
         try:
             self._write(self._lines)
         except BaseException:

@@ -49,6 +49,8 @@ def check_relative_image_path(name: str) -> str:
     path = PurePosixPath(text)
     if not text or path.is_absolute() or (len(text) > 1 and text[1] == ":"):
         raise ValueError(f"absolute or empty image path {name!r}")
+    if "\x00" in text:  # no file name can hold a NUL byte
+        raise ValueError(f"image path {name!r} contains a NUL byte")
     if ".." in path.parts:
         raise ValueError(f"image path {name!r} points outside the image folder")
     return path.as_posix()
@@ -70,7 +72,11 @@ def parse_labels_csv(text: str, source: str = "labels.csv") -> LabelsTable:
         Missing or wrong header, a row without two fields, an unknown label word,
         or an image path outside the image folder; the message names the line.
     """
-    rows = list(csv.reader(io.StringIO(text.lstrip("\ufeff"))))
+    reader = csv.reader(io.StringIO(text.lstrip("\ufeff")))
+    try:
+        rows = list(reader)
+    except csv.Error as exc:  # a NUL byte, an over-long field, ...
+        raise LabelsFileError(f"{source}: line {reader.line_num}: not valid CSV ({exc})") from None
     rows = [r for r in rows if any(cell.strip() for cell in r)]
     table = LabelsTable()
     if not rows:
@@ -111,7 +117,8 @@ def read_labels_csv(path: str | os.PathLike) -> LabelsTable:
     """
     path = Path(path)
     try:
-        text = path.read_text(encoding="utf-8")
+        with path.open(encoding="utf-8", newline="") as handle:  # csv handles line ends
+            text = handle.read()
     except FileNotFoundError:
         raise LabelsFileError(f"{path}: no such labels file") from None
     except UnicodeDecodeError:
@@ -121,14 +128,23 @@ def read_labels_csv(path: str | os.PathLike) -> LabelsTable:
     return parse_labels_csv(text, source=str(path))
 
 
+def format_labels_row(image: str, word: str) -> str:
+    """One CSV line for ``image,word``, newline included.
+
+    Quoted when needed; a name holding a carriage return is always quoted
+    (``csv`` quotes only the characters of its line terminator, and a bare
+    ``\r`` in an unquoted field makes the file unreadable).
+    """
+    buffer = io.StringIO()
+    quoting = csv.QUOTE_ALL if "\r" in image else csv.QUOTE_MINIMAL
+    csv.writer(buffer, lineterminator="\n", quoting=quoting).writerow((image, word))
+    return buffer.getvalue()
+
+
 def format_labels_csv(labels: dict[str, str]) -> str:
     """Render labels as CSV text with the ``image,label`` header."""
-    buffer = io.StringIO()
-    writer = csv.writer(buffer, lineterminator="\n")
-    writer.writerow(HEADER)
-    for image, word in labels.items():
-        writer.writerow((image, word))
-    return buffer.getvalue()
+    return ",".join(HEADER) + "\n" + "".join(
+        format_labels_row(image, word) for image, word in labels.items())
 
 
 def write_labels_csv(path: str | os.PathLike, labels: dict[str, str]) -> Path:

@@ -24,6 +24,7 @@ import datetime as _dt
 import hashlib
 import io
 import json
+import math
 import os
 import platform
 from collections.abc import Iterable
@@ -167,7 +168,30 @@ def read_model_document(folder: str | os.PathLike) -> dict[str, Any]:
         document["config"] = ArtSegConfig.from_dict(document.get("config") or {}, str(path))
     except (ArtSegError, TypeError) as exc:
         raise ModelFileError(str(exc)) from None
+    _check_structure(document, path)
     return document
+
+
+def _is_number(value: Any) -> bool:
+    """A finite int or float (not a bool)."""
+    return (isinstance(value, int | float) and not isinstance(value, bool)
+            and math.isfinite(value))
+
+
+def _check_structure(document: dict[str, Any], path: Path) -> None:
+    """Validate ``components`` and ``thresholds`` of a config.json before use."""
+    components = document.get("components", [])
+    if not isinstance(components, list) or not all(c in COMPONENTS for c in components):
+        allowed = ", ".join(COMPONENTS)
+        raise ModelFileError(f"{path}: components must be a list drawn from {allowed}")
+    thresholds = document.get("thresholds", {})
+    if not isinstance(thresholds, dict):
+        raise ModelFileError(f"{path}: thresholds must be an object")
+    required = ("gate", "mask", "min_size_px") if document.get("status") == "complete" else ()
+    for key in {*required, *(k for k in ("gate", "mask", "min_size_px") if k in thresholds)}:
+        if not _is_number(thresholds.get(key)):
+            raise ModelFileError(f"{path}: thresholds.{key} must be a number, "
+                                 f"got {thresholds.get(key)!r}")
 
 
 def load_weights(folder: Path, component: str, network: torch.nn.Module) -> None:

@@ -21,7 +21,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from .atomic import atomic_write_text
+from .atomic import atomic_write_text, remove_stale_temporaries
 from .errors import ArtSegError
 from .image_files import discover_images
 from .label_store import LabelStore
@@ -101,6 +101,9 @@ class Project:
         if not image_folder.is_dir():
             raise ProjectError(f"{path}: image folder {image_folder} does not exist")
         model = raw.get("current_model")
+        for sub in ("models", "masks", "predictions"):
+            remove_stale_temporaries(folder / sub)
+        remove_stale_temporaries(folder)
         return cls(
             folder,
             image_folder,

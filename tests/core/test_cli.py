@@ -178,7 +178,7 @@ def test_train_from_a_project_makes_the_model_current(tiny_dataset, tmp_path, ca
     shutil.copytree(tiny_dataset / "images", images)
     project = Project.create(images)
     shutil.copy(tiny_dataset / "labels.csv", project.labels_path)
-    status, out, err = run_cli(capsys, "train", "--project", project.folder, "--preset", "tiny",
+    status, _, err = run_cli(capsys, "train", "--project", project.folder, "--preset", "tiny",
                                "--epochs", 1, "--quiet")
     assert status == 0, err
     models = [p for p in project.models_dir.iterdir() if p.is_dir()]

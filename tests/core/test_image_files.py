@@ -119,3 +119,18 @@ def test_atomic_folder_is_complete_or_absent(tmp_path):
     with pytest.raises(FileExistsError):
         with atomic_folder(target):
             pass
+
+
+@pytest.mark.parametrize("shape", [(1, 1), (1, 50), (50, 1)])
+def test_single_row_column_and_pixel_images_stay_2d(tmp_path, shape):
+    tifffile.imwrite(tmp_path / "x.tif", np.ones(shape, np.uint16))
+    assert read_image(tmp_path / "x.tif").data.shape == shape
+
+
+def test_truncated_compressed_tiff_is_an_image_read_error(tmp_path):
+    data = np.random.default_rng(0).integers(0, 60000, (100, 100)).astype(np.uint16)
+    tifffile.imwrite(tmp_path / "t.tif", data, compression="zlib", rowsperstrip=10)
+    raw = (tmp_path / "t.tif").read_bytes()
+    (tmp_path / "t.tif").write_bytes(raw[: len(raw) // 2])
+    with pytest.raises(ImageReadError, match="not a readable TIFF"):
+        read_image(tmp_path / "t.tif")

@@ -31,3 +31,10 @@ def test_missing_and_binary_files(tmp_path):
     (tmp_path / "bin.csv").write_bytes(b"\xff\xfe\x00garbage")
     with pytest.raises(LabelsFileError, match="UTF-8"):
         read_labels_csv(tmp_path / "bin.csv")
+
+
+def test_names_with_carriage_returns_and_nul_bytes(tmp_path):
+    path = write_labels_csv(tmp_path / "labels.csv", {"a\rb.tif": "clean", "c, d.tif": "unsure"})
+    assert read_labels_csv(path).labels == {"a\rb.tif": "clean", "c, d.tif": "unsure"}
+    with pytest.raises(LabelsFileError, match="NUL"):
+        parse_labels_csv("image,label\na\x00.tif,clean\n")

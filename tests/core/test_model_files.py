@@ -87,7 +87,7 @@ def test_missing_folder_and_files(tmp_path):
     with pytest.raises(ModelFileError, match="not found"):
         ArtSegModel.load(tmp_path / "none")
     (tmp_path / "empty").mkdir()
-    with pytest.raises(ModelFileError, match="config.json"):
+    with pytest.raises(ModelFileError, match=r"config\.json"):
         ArtSegModel.load(tmp_path / "empty")
     (tmp_path / "bad").mkdir()
     (tmp_path / "bad" / "config.json").write_text("{nope")

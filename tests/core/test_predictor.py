@@ -23,7 +23,7 @@ def test_any_size_round_trips(model, shape):
 
 
 def test_tiled_map_equals_single_pass_when_the_image_fits(model):
-    """An image that fits one tile gives the U-Net's direct output; the real U-Net, not an identity."""
+    """An image that fits one tile gives the real U-Net's direct output."""
     side = model.config.input_size
     image = np.random.default_rng(1).normal(0, 1, (side, side)).astype(np.float32)
     prepared = model.prepare(np.kron(image, np.ones((2, 2), np.float32)))  # scale 0.5 -> side

@@ -30,7 +30,8 @@ def test_events_cover_every_stage_in_order(tiny_dataset, labels, tmp_path):
     events, folder = run_all(
         train_pipeline(tiny_dataset / "images", labels, tmp_path / "m", preset("tiny")))
     stages = [e.stage for e in events if e.kind == "stage"]
-    assert stages[:5] == ["data", "classifier", "pseudo_labels", "unet", "thresholds"]
+    assert stages == ["data", "classifier", "pseudo_labels", "unet", "self_training", "unet",
+                      "thresholds", "save", "save"]
     epochs = [e for e in events if e.kind == "epoch"]
     assert {e.stage for e in epochs} == {"classifier", "unet"}
     assert all("val_loss" in e.metrics and "train_loss" in e.metrics for e in epochs)
@@ -97,3 +98,35 @@ def test_existing_output_folder_is_never_overwritten(tiny_dataset, labels, tmp_p
     with pytest.raises(ArtSegError, match="already exists"):
         run_all(train_pipeline(tiny_dataset / "images", labels, tmp_path / "m", preset("tiny")))
     assert (tmp_path / "m" / "keep.txt").read_text() == "mine"
+
+
+def test_out_of_memory_retries_in_smaller_micro_batches_then_explains():
+    import torch
+
+    from napari_artseg.training.loop import train_step
+
+    class Flaky(torch.nn.Module):
+        """Runs out of memory on batches larger than ``limit``."""
+
+        def __init__(self, limit):
+            super().__init__()
+            self.limit, self.sizes = limit, []
+            self.weight = torch.nn.Parameter(torch.ones(1))
+
+        def forward(self, x):
+            self.sizes.append(len(x))
+            if len(x) > self.limit:
+                raise torch.OutOfMemoryError("simulated")
+            return x * self.weight
+
+    def loss_fn(output, batch):
+        return ((output - batch[1]) ** 2).mean()
+
+    batch = (torch.ones(8, 1), torch.zeros(8, 1))
+    net = Flaky(limit=2)
+    optimizer = torch.optim.SGD(net.parameters(), lr=0.1)
+    loss = train_step(net, optimizer, batch, loss_fn, torch.device("cpu"), amp=False)
+    assert loss == pytest.approx(1.0) and net.sizes[-1] == 2
+    assert net.weight.item() == pytest.approx(0.8)  # one full-batch gradient step
+    with pytest.raises(ArtSegError, match="out of cpu memory"):
+        train_step(Flaky(limit=0), optimizer, batch, loss_fn, torch.device("cpu"), amp=False)

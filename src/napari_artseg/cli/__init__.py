@@ -53,6 +53,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ArtSegError as exc:
         print(f"artseg {args.command}: error: {exc}", file=sys.stderr)
         return EXIT_USAGE
+    except OSError as exc:
+        where = f"{exc.filename}: " if exc.filename else ""
+        print(f"artseg {args.command}: error: {where}{exc.strerror or exc}", file=sys.stderr)
+        return EXIT_USAGE
     except KeyboardInterrupt:
         print(f"artseg {args.command}: interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED

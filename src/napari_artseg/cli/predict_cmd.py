@@ -1,8 +1,21 @@
-"""``artseg predict``: probability maps, masks and a summary table for many images."""
+"""``artseg predict``: probability maps, masks and a summary table for many images.
+
+Re-running the same command resumes: an image is skipped when ``summary.csv``
+already has an ``ok`` row for it from the same model with the same threshold,
+minimum size and gate setting, both its TIFFs are present with the right size,
+and the input file is not newer than them. ``--overwrite`` recomputes every
+image. Rows of ``summary.csv`` for images not in this run are kept, so several
+runs into one folder add up. The summary is rewritten (atomically) every 20
+images or 10 seconds and at the end, so a run killed at any moment leaves every
+TIFF and the summary complete and readable and loses at most the rows of the
+last few images, which the next run recomputes.
+"""
 
 from __future__ import annotations
 
 import argparse
+import csv
+import os
 import sys
 import time
 from dataclasses import dataclass
@@ -15,6 +28,10 @@ from ..errors import ArtSegError
 from ..image_files import discover_images, image_key, is_image_file, read_image, write_tiff
 from ..model_files import rows_to_csv
 from .progress import counted
+
+#: The summary is rewritten after this many images or seconds, whichever comes first.
+FLUSH_EVERY_IMAGES = 20
+FLUSH_EVERY_SECONDS = 10.0
 
 SUMMARY_COLUMNS = ("image", "status", "error", "artifact_score", "predicted_label",
                    "artifact_fraction", "n_objects", "gate_passed", "threshold", "min_size_px",
@@ -43,6 +60,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     parser.add_argument("--min-size", type=int, help="minimum object size in px")
     parser.add_argument("--no-gate", action="store_true",
                         help="do not let the classifier blank images it calls clean")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="recompute every image (default: skip images whose outputs in OUT "
+                             "are complete and were made with the same model and settings)")
     parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda", "mps"))
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
     parser.set_defaults(run=run)
@@ -76,37 +96,221 @@ def collect_inputs(inputs: list[str], exclude: list[Path]) -> list[InputImage]:
     return found
 
 
+def _write_output(path: Path, array: np.ndarray, pixel_size_um: float | None) -> None:
+    """Write one output TIFF; a write error names the output file."""
+    try:
+        write_tiff(path, array, pixel_size_um)
+    except OSError as exc:
+        raise ArtSegError(f"{path}: cannot write ({exc.strerror or exc})") from None
+
+
+def _settings(model, args: argparse.Namespace, pixel_size_um: float | None) -> dict[str, Any]:
+    """The threshold and minimum size this run applies to an image."""
+    return {
+        "threshold": args.threshold if args.threshold is not None else model.thresholds["mask"],
+        "min_size_px": args.min_size if args.min_size is not None
+        else model.min_size_for(pixel_size_um),
+    }
+
+
 def predict_one(model, item: InputImage, out: Path, args: argparse.Namespace) -> dict[str, Any]:
-    """Predict one image, write its two TIFFs and return its summary row."""
+    """Predict one image, write its two TIFFs and return its summary row.
+
+    Images above :data:`~napari_artseg.large_images.LARGE_IMAGE_PIXELS` are read
+    downscaled and written in strips (bounded memory); an accelerator
+    out-of-memory error retries the image that way with fewer tiles per pass.
+    """
+    from ..large_images import LARGE_IMAGE_PIXELS, _is_out_of_memory, read_header
+
     start = time.perf_counter()
+    prob_path, mask_path = out / f"{item.key}_prob.tif", out / f"{item.key}_mask.tif"
+    header = read_header(item.path)
+    if header is not None and header.pixels > LARGE_IMAGE_PIXELS:
+        return _predict_large(model, item, out, args, header, start)
     loaded = read_image(item.path)
     for note in loaded.notes:
         print(f"note: {note}", file=sys.stderr)
-    result = model.predict(loaded.data, threshold=args.threshold, min_size_px=args.min_size,
-                           gate=not args.no_gate, pixel_size_um=loaded.pixel_size_um)
-    write_tiff(out / f"{item.key}_prob.tif", result.probability.astype(np.float32),
-               loaded.pixel_size_um)
-    write_tiff(out / f"{item.key}_mask.tif", result.mask.astype(np.uint8), loaded.pixel_size_um)
+    try:
+        result = model.predict(loaded.data, threshold=args.threshold, min_size_px=args.min_size,
+                               gate=not args.no_gate, pixel_size_um=loaded.pixel_size_um)
+    except RuntimeError as exc:
+        if not _is_out_of_memory(exc):
+            raise
+        from ..device import release_memory
+
+        release_memory(model.device)
+        print(f"note: {item.path}: out of memory; retrying with fewer tiles at a time",
+              file=sys.stderr)
+        del loaded
+        return _predict_large(model, item, out, args, header, start)
+    _write_output(prob_path, result.probability.astype(np.float32), loaded.pixel_size_um)
+    _write_output(mask_path, result.mask.astype(np.uint8), loaded.pixel_size_um)
     return {
         "status": "ok", "error": "", "artifact_score": round(result.score, 6),
         "predicted_label": "artifact" if result.mask.any() else "clean",
         "artifact_fraction": round(result.artifact_fraction, 6), "n_objects": result.n_objects,
-        "gate_passed": result.gate_passed,
-        "threshold": args.threshold if args.threshold is not None else model.thresholds["mask"],
-        "min_size_px": args.min_size if args.min_size is not None
-        else model.min_size_for(loaded.pixel_size_um),
+        "gate_passed": result.gate_passed, **_settings(model, args, loaded.pixel_size_um),
         "height": loaded.data.shape[0], "width": loaded.data.shape[1],
         "seconds": round(time.perf_counter() - start, 3),
     }
 
 
+def _predict_large(model, item: InputImage, out: Path, args: argparse.Namespace, header,
+                   start: float) -> dict[str, Any]:
+    """Predict one image through the bounded-memory path and return its summary row."""
+    from ..large_images import predict_large_file
+
+    prob_path, mask_path = out / f"{item.key}_prob.tif", out / f"{item.key}_mask.tif"
+    try:
+        result = predict_large_file(model, item.path, prob_path, mask_path,
+                                    threshold=args.threshold, min_size_px=args.min_size,
+                                    gate=not args.no_gate, header=header)
+    except OSError as exc:
+        raise ArtSegError(f"{prob_path.parent}: cannot write ({exc.strerror or exc})") from None
+    for note in result.notes:
+        print(f"note: {note}", file=sys.stderr)
+    return {
+        "status": "ok", "error": "", "artifact_score": round(result.score, 6),
+        "predicted_label": "artifact" if result.artifact_fraction > 0 else "clean",
+        "artifact_fraction": round(result.artifact_fraction, 6), "n_objects": result.n_objects,
+        "gate_passed": result.gate_passed, **_settings(model, args, result.pixel_size_um),
+        "height": result.shape[0], "width": result.shape[1],
+        "seconds": round(time.perf_counter() - start, 3),
+    }
+
+
+def read_previous_summary(out: Path) -> dict[str, dict[str, str]]:
+    """The rows of an existing ``OUT/summary.csv`` by image key (empty when there is none).
+
+    A summary that cannot be parsed is moved aside to ``summary.csv.unreadable``
+    (never silently overwritten) and a note is printed.
+    """
+    path = out / "summary.csv"
+    if not path.is_file():
+        return {}
+    try:
+        with path.open(encoding="utf-8", newline="") as handle:
+            rows = list(csv.DictReader(handle))
+        if rows and "image" not in rows[0]:
+            raise ValueError("no image column")
+        return {row["image"]: row for row in rows if row.get("image")}
+    except (OSError, UnicodeDecodeError, csv.Error, ValueError) as exc:
+        aside = path.with_name("summary.csv.unreadable")
+        try:
+            os.replace(path, aside)
+        except OSError:
+            raise ArtSegError(f"{path}: unreadable ({exc}) and cannot be moved aside") from None
+        print(f"note: {path}: unreadable ({exc}); moved to {aside.name}, starting a new summary",
+              file=sys.stderr)
+        return {}
+
+
+def _tiff_shape(path: Path) -> tuple[int, int] | None:
+    """(H, W) of a TIFF's first page, or None when it is missing or unreadable."""
+    import tifffile
+
+    try:
+        with tifffile.TiffFile(path) as tif:
+            page = tif.pages[0]
+            return int(page.imagelength), int(page.imagewidth)
+    except Exception:  # a missing, empty or foreign file is simply "not done"
+        return None
+
+
+def is_done(row: dict[str, str] | None, item: InputImage, out: Path, model,
+            args: argparse.Namespace) -> bool:
+    """True when ``row`` and the files in ``out`` are this run's result for ``item`` already."""
+    if not row or row.get("status") != "ok" or row.get("model_id") != model.model_id:
+        return False
+    try:
+        threshold = float(row["threshold"])
+        min_size = int(float(row["min_size_px"]))
+        score = float(row["artifact_score"])
+        gate_passed = row["gate_passed"] == "True"
+        shape = (int(row["height"]), int(row["width"]))
+    except (KeyError, TypeError, ValueError):
+        return False
+    wanted = args.threshold if args.threshold is not None else model.thresholds["mask"]
+    if abs(threshold - float(wanted)) > 1e-9:
+        return False
+    if args.min_size is not None:
+        if min_size != args.min_size:
+            return False
+    elif model.config.min_size_um2:
+        from ..large_images import read_header
+
+        header = read_header(item.path)
+        if header is None or min_size != model.min_size_for(header.pixel_size_um):
+            return False
+    elif min_size != model.min_size_for(None):
+        return False
+    if args.no_gate:
+        if not gate_passed:
+            return False
+    else:
+        gate = float(model.thresholds.get("gate", 0.5))
+        if abs(score - gate) <= 1e-6 or gate_passed != (score >= gate):  # rounding: recompute
+            return False
+    try:
+        made = min((out / f"{item.key}{s}").stat().st_mtime for s in ("_prob.tif", "_mask.tif"))
+        if item.path.stat().st_mtime > made:
+            return False
+    except OSError:
+        return False
+    return all(_tiff_shape(out / f"{item.key}{s}") == shape for s in ("_prob.tif", "_mask.tif"))
+
+
 def write_summary(out: Path, rows: list[dict[str, Any]]) -> Path:
-    """Write summary.csv atomically with the fixed column order."""
+    """Write summary.csv atomically with the fixed column order.
+
+    Raises
+    ------
+    ArtSegError
+        When the file cannot be written (read-only folder, full disk).
+    """
     from ..atomic import atomic_write_text
 
     ordered = [{c: row.get(c, "") for c in SUMMARY_COLUMNS} for row in rows]
-    return atomic_write_text(out / "summary.csv", rows_to_csv(ordered) if ordered else
-                             ",".join(SUMMARY_COLUMNS) + "\n")
+    text = rows_to_csv(ordered) if ordered else ",".join(SUMMARY_COLUMNS) + "\n"
+    try:
+        return atomic_write_text(out / "summary.csv", text)
+    except OSError as exc:
+        raise ArtSegError(f"{out / 'summary.csv'}: cannot write ({exc.strerror or exc})") from None
+
+
+def prepare_output_folder(out: Path) -> None:
+    """Create ``out``, check it can be written, and clear temporaries of killed runs.
+
+    Raises
+    ------
+    ArtSegError
+        When the folder cannot be created or written.
+    """
+    import tempfile
+
+    from ..atomic import remove_stale_temporaries
+
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        fd, probe = tempfile.mkstemp(prefix=".artseg-write-test.", dir=out)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as exc:
+        raise ArtSegError(f"{out}: cannot write predictions here ({exc.strerror or exc})") from None
+    for current, dirs, _files in os.walk(out):
+        dirs[:] = [d for d in dirs if not d.startswith(".")]
+        remove_stale_temporaries(current)
+
+
+def _failure_message(item: InputImage, exc: Exception) -> str:
+    """One line naming the file for any error raised while predicting it."""
+    if isinstance(exc, ArtSegError):
+        text = str(exc).strip()
+        return text.splitlines()[0] if text else type(exc).__name__
+    if isinstance(exc, MemoryError):
+        return f"{item.path}: out of memory"
+    detail = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+    return f"{item.path}: {type(exc).__name__}" + (f": {detail}" if detail else "")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -116,31 +320,42 @@ def run(args: argparse.Namespace) -> int:
     out = Path(args.out)
     if args.threshold is not None and not 0 <= args.threshold <= 1:
         raise ArtSegError(f"--threshold {args.threshold}: must be between 0 and 1")
+    if args.min_size is not None and args.min_size < 0:
+        raise ArtSegError(f"--min-size {args.min_size}: must be >= 0")
     if not Path(args.model).exists():
         raise ArtSegError(f"{args.model}: model folder not found")
     images = collect_inputs(args.inputs, exclude=[out])
     if not images:
         raise ArtSegError(f"no image files found in {', '.join(args.inputs)}")
     model = ArtSegModel.load(args.model, device=args.device)
-    out.mkdir(parents=True, exist_ok=True)
-    rows: list[dict[str, Any]] = []
-    for index, item in enumerate(counted(iter(images), len(images), "predict", args.quiet)):
+    prepare_output_folder(out)
+    table = {} if getattr(args, "overwrite", False) else read_previous_summary(out)
+    done = failed = skipped = 0
+    since_flush, last_flush = 0, time.monotonic()
+    for item in counted(iter(images), len(images), "predict", args.quiet):
+        previous = table.get(item.key)
+        if not getattr(args, "overwrite", False) and is_done(previous, item, out, model, args):
+            skipped += 1
+            done += 1
+            continue
         row: dict[str, Any] = {"image": item.key, "model_id": model.model_id}
         try:
             row.update(predict_one(model, item, out, args))
-        except (ArtSegError, ValueError, OSError, RuntimeError, MemoryError) as exc:
-            message = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+            done += 1
+        except Exception as exc:  # one bad image never stops the run
+            message = _failure_message(item, exc)
             row.update(status="failed", error=message)
+            failed += 1
             print(f"failed: {message}", file=sys.stderr)
-        rows.append(row)
-        if index % 20 == 19:
-            write_summary(out, rows)
-    write_summary(out, rows)
-    failed = sum(row["status"] == "failed" for row in rows)
-    done = len(rows) - failed
-    print(f"{done} image(s) predicted, {failed} failed; summary in {out / 'summary.csv'}")
+        table[item.key] = row  # replaces an earlier row in place; new images go at the end
+        since_flush += 1
+        if since_flush >= FLUSH_EVERY_IMAGES or time.monotonic() - last_flush > FLUSH_EVERY_SECONDS:
+            write_summary(out, list(table.values()))
+            since_flush, last_flush = 0, time.monotonic()
+    write_summary(out, list(table.values()))
+    computed = done - skipped
+    print(f"{computed} image(s) predicted, {skipped} already done (skipped), {failed} failed; "
+          f"summary in {out / 'summary.csv'}")
     if done == 0:
         return 2
     return 3 if failed else 0
-
-

@@ -120,6 +120,9 @@ def run(args: argparse.Namespace) -> int:
         raise ArtSegError(f"{images}: image folder not found")
     if masks and not Path(masks).is_dir():
         raise ArtSegError(f"{masks}: mask folder not found")
+    from ..atomic import remove_stale_temporaries
+
+    remove_stale_temporaries(out.parent)
     if out.exists():
         raise ArtSegError(f"{out}: already exists; choose a new model folder")
     labels = existing_labels(images, labels_path)

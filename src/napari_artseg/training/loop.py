@@ -14,7 +14,8 @@ from typing import Any
 import torch
 
 from ..config import ArtSegConfig
-from ..device import autocast
+from ..device import autocast, release_memory
+from ..errors import ArtSegError
 from .events import ProgressEvent
 
 Batch = tuple[torch.Tensor, ...]
@@ -40,6 +41,55 @@ class FitResult:
     best_epoch: int = 0
     best_val_loss: float = math.inf
     stopped_early: bool = False
+
+
+def _backward_in_chunks(
+    model: torch.nn.Module, batch: Batch, loss_fn, device: torch.device, amp: bool, chunks: int
+) -> float:
+    """Forward and backward one batch split into ``chunks`` micro-batches (gradients summed)."""
+    size = len(batch[0])
+    bounds = [round(i * size / chunks) for i in range(chunks + 1)]
+    total = 0.0
+    for start, stop in zip(bounds[:-1], bounds[1:], strict=True):
+        if stop <= start:
+            continue
+        part = tuple(t[start:stop] for t in batch)
+        with autocast(device, amp):
+            output = model(part[0])
+        loss = loss_fn(output.float(), part) * ((stop - start) / size)
+        loss.backward()
+        total += float(loss.detach())
+    return total
+
+
+def train_step(
+    model: torch.nn.Module, optimizer: torch.optim.Optimizer, batch: Batch, loss_fn,
+    device: torch.device, amp: bool,
+) -> float:
+    """One optimiser step; on accelerator out-of-memory, retry in ever smaller micro-batches.
+
+    Raises
+    ------
+    ArtSegError
+        Still out of memory with micro-batches of one image, with advice.
+    """
+    chunks = 1
+    while True:
+        optimizer.zero_grad(set_to_none=True)
+        try:
+            loss = _backward_in_chunks(model, batch, loss_fn, device, amp, chunks)
+        except torch.OutOfMemoryError:
+            optimizer.zero_grad(set_to_none=True)
+            release_memory(device)
+            if chunks >= len(batch[0]):
+                raise ArtSegError(
+                    f"out of {device.type} memory even with one image per step; lower "
+                    "input_size (--set input_size=...) or train with --device cpu"
+                ) from None
+            chunks = min(len(batch[0]), chunks * 2)
+            continue
+        optimizer.step()
+        return loss
 
 
 def fit(
@@ -103,13 +153,7 @@ def fit(
         losses = []
         for index, batch in enumerate(batches(epoch)):
             batch = tuple(t.to(device, non_blocking=True) for t in batch)
-            optimizer.zero_grad(set_to_none=True)
-            with autocast(device, config.amp):
-                output = model(batch[0])
-            loss = loss_fn(output.float(), batch)
-            loss.backward()
-            optimizer.step()
-            losses.append(float(loss.detach()))
+            losses.append(train_step(model, optimizer, batch, loss_fn, device, config.amp))
             step = (epoch - 1) * n_batches + index + 1
             yield ProgressEvent(stage, step, total, loss=losses[-1],
                                 message=f"epoch {epoch}/{epochs}")

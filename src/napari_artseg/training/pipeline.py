@@ -27,8 +27,18 @@ from ..training.classifier import (
     train_classifier,
 )
 from ..training.data import TrainingItem, check_label_counts, load_training_items, stratified_split
-from ..training.pseudo_labels import assign_targets, choose_pseudo_threshold, saliency_maps
-from ..training.segmenter import build_unet, train_unet, unet_probability
+from ..training.pseudo_labels import (
+    assign_targets,
+    choose_pseudo_threshold,
+    per_image_thresholds,
+    saliency_maps,
+)
+from ..training.segmenter import (
+    build_unet,
+    refresh_pseudo_targets,
+    train_unet,
+    unet_probability,
+)
 from ..training.thresholds import choose_gate_threshold, choose_mask_settings
 from .events import ProgressEvent
 
@@ -52,14 +62,16 @@ def _init_networks(init: Path | None, config: ArtSegConfig):
     return classifier, unet, parent
 
 
-def _manifest(items: list[TrainingItem], val_idx: list[int]) -> list[dict[str, Any]]:
-    """One row per training image: label, what supervised it, and its split."""
+def _manifest(items: list[TrainingItem], val_idx: list[int],
+              cuts: dict[int, float] | None = None) -> list[dict[str, Any]]:
+    """One row per training image: label, what supervised it, its split and pseudo threshold."""
     val = set(val_idx)
     rows = []
     for index, item in enumerate(items):
         kind = "curated" if item.curated else ("pseudo" if item.label else "zero")
         rows.append({"image": item.key, "label": "artifact" if item.label else "clean",
-                     "target": kind, "split": "val" if index in val else "train"})
+                     "target": kind, "split": "val" if index in val else "train",
+                     "pseudo_threshold": (cuts or {}).get(index, "")})
     return rows
 
 
@@ -163,6 +175,7 @@ def train_pipeline(
     tables: dict[str, list[dict[str, Any]]] = {}
     networks: dict[str, torch.nn.Module] = {}
     rasters: dict[str, np.ndarray] = {}
+    cuts: dict[int, float] = {}
     finished = False
     try:
         yield ProgressEvent("classifier", kind="stage", message="training the classifier")
@@ -179,14 +192,31 @@ def train_pipeline(
         if pseudo is None:
             pseudo, pseudo_report = choose_pseudo_threshold(classifier, items, maps, val_idx,
                                                             config, device)
-        pseudo_report.update(assign_targets(items, maps, pseudo))
+        own = None
+        if config.pseudo_label_per_image:
+            own = yield from per_image_thresholds(classifier, items, maps, config, device)
+            pseudo_report["n_own_threshold"] = sum(v is not None for v in own.values())
+        pseudo_report.update(assign_targets(items, maps, pseudo, own))
+        cuts = {i: (own or {}).get(i) or pseudo for i in maps}
         rasters = _rasters(items, maps)
         yield ProgressEvent("unet", kind="stage", message="training the U-Net",
                             metrics={"pseudo_label_threshold": pseudo, **pseudo_report})
         unet, fit_u = yield from train_unet(items, train_idx, val_idx, config, device, unet,
                                             fine_tune_lr)
-        networks["unet"] = unet
         tables["history_unet"] = fit_u.history
+        for round_ in range(1, config.self_training_rounds + 1):
+            yield ProgressEvent("self_training", kind="stage",
+                                message=f"self-training round {round_}: U-Net targets")
+            pseudo_report.update((yield from refresh_pseudo_targets(unet, items, config, device)))
+            yield ProgressEvent("unet", kind="stage", message=f"fine-tuning, round {round_}")
+            tuned = config.replace(unet_epochs=max(1, config.unet_epochs // 2))
+            unet, fit_r = yield from train_unet(items, train_idx, val_idx, tuned, device, unet,
+                                                config.learning_rate * 0.1)
+            offset = len(tables["history_unet"])
+            tables["history_unet"] += [{**row, "epoch": row["epoch"] + offset, "round": round_}
+                                       for row in fit_r.history]
+            fit_u = fit_r
+        networks["unet"] = unet
         yield ProgressEvent("thresholds", kind="stage", message="choosing thresholds")
         thresholds, report = _choose_thresholds(classifier, unet, items, val_idx, config, device,
                                                 pseudo)
@@ -196,7 +226,7 @@ def train_pipeline(
                             else {},
                             "unet": fit_u.history[fit_u.best_epoch - 1] if fit_u.history else {},
                             **report})
-        tables["manifest"] = _manifest(items, val_idx)
+        tables["manifest"] = _manifest(items, val_idx, cuts)
         yield ProgressEvent("save", kind="stage", message=f"saving {out}")
         save_model(out, config, networks, metadata, tables, status="complete", rasters=rasters)
         finished = True
@@ -204,6 +234,6 @@ def train_pipeline(
         return out
     finally:
         if not finished and "classifier" in networks:
-            tables["manifest"] = _manifest(items, val_idx)
+            tables["manifest"] = _manifest(items, val_idx, cuts)
             save_model(out, config, networks, metadata, tables, status="partial", rasters=rasters)
         release_memory(device)

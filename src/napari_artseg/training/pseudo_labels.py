@@ -4,7 +4,13 @@ The threshold is a setting (the paper used 0.05 on its normalisation); when it i
 left unset it is chosen on the validation split by a deletion test: for each
 validation artifact image, the largest threshold whose above-threshold region,
 replaced by the image mean, turns the classifier's call to clean. The median of
-those per-image thresholds is used for every image.
+those per-image thresholds is the global threshold.
+
+With ``pseudo_label_per_image`` every artifact image gets its own deletion-test
+threshold (the region the classifier needs to call it an artifact), falling back
+to the global threshold when no candidate flips the call. On the synthetic set
+this raised pseudo-mask IoU against the true masks from 0.268 to 0.290 (60
+training images of ``artseg synth --n 200 --size 512 --seed 1``).
 """
 
 from __future__ import annotations
@@ -89,12 +95,27 @@ def choose_pseudo_threshold(
     return threshold, {"n_images": len(candidates), "n_flipped": len(found)}
 
 
+def per_image_thresholds(
+    classifier: ResNetClassifier, items: list[TrainingItem], maps: dict[int, torch.Tensor],
+    config: ArtSegConfig, device: torch.device,
+) -> Generator[ProgressEvent, None, dict[int, float | None]]:
+    """The deletion-test threshold of every image with a map (None where nothing flips)."""
+    found: dict[int, float | None] = {}
+    for done, index in enumerate(maps, start=1):
+        view = global_view(items[index].image, config.input_size)
+        found[index] = deletion_threshold(classifier, view, maps[index], device)
+        yield ProgressEvent("pseudo_labels", done, len(maps), message="deletion test")
+    return found
+
+
 def assign_targets(
-    items: list[TrainingItem], maps: dict[int, torch.Tensor], threshold: float
+    items: list[TrainingItem], maps: dict[int, torch.Tensor], threshold: float,
+    per_image: dict[int, float | None] | None = None,
 ) -> dict[str, float]:
     """Give every item without a curated mask its U-Net target.
 
     Clean images get zeros; artifact images get their saliency map binarised at
+    their own threshold from ``per_image`` when there is one, else at
     ``threshold``. Returns pseudo-mask statistics (mean area fraction).
     """
     fractions = []
@@ -104,7 +125,9 @@ def assign_targets(
         if item.label == 0:
             item.target = torch.zeros_like(item.image)
             continue
-        binary = (to_item_scale(maps[index], item) >= threshold).float()
+        own = (per_image or {}).get(index)
+        cut = own if own is not None else threshold
+        binary = (to_item_scale(maps[index], item) >= cut).float()
         item.target = binary
         fractions.append(float(binary.mean()))
     return {

@@ -131,3 +131,28 @@ def train_unet(
         learning_rate,
     )
     return model, result
+
+
+def refresh_pseudo_targets(
+    model: UNet, items: list[TrainingItem], config: ArtSegConfig, device: torch.device,
+    threshold: float = 0.5,
+) -> Generator[ProgressEvent, None, dict[str, float]]:
+    """Self-training: replace pseudo-labels by the U-Net's own thresholded predictions.
+
+    Only artifact images supervised by pseudo-labels change; an image whose
+    prediction is empty keeps its previous target. Returns the share of images
+    updated and their mean mask area.
+    """
+    chosen = [i for i, item in enumerate(items) if item.label == 1 and not item.curated]
+    updated, fractions = 0, []
+    for done, index in enumerate(chosen, start=1):
+        item = items[index]
+        prob = unet_probability(model, item.image, config, device).cpu()
+        binary = (prob >= threshold).float()[None]
+        if binary.any():
+            item.target = binary
+            updated += 1
+            fractions.append(float(binary.mean()))
+        yield ProgressEvent("self_training", done, len(chosen), message=item.key)
+    return {"self_training_updated": updated / max(1, len(chosen)),
+            "self_training_mean_fraction": float(np.mean(fractions)) if fractions else 0.0}
