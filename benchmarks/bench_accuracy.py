@@ -149,6 +149,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="tiny sizes, one seed")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--supervised-seeds", type=int, nargs="*",
+                        help="seeds for the upper bound (default: the same as --seeds)")
     parser.add_argument("--n-train", type=int, default=200)
     parser.add_argument("--n-test", type=int, default=100)
     parser.add_argument("--size", type=int, default=512)
@@ -169,9 +171,12 @@ def main() -> None:
     runs: dict[str, list[dict[str, float]]] = {"ScoreCAM-U-Net (image labels)": [],
                                                "U-Net (true masks, upper bound)": []}
     tag = "-".join(f"{k}={v}" for k, v in sorted(overrides.items())) or "default"
-    for seed in args.seeds:
+    supervised = args.seeds if args.supervised_seeds is None else args.supervised_seeds
+    for seed in sorted(set(args.seeds) | set(supervised)):
         for method, masks in (("ScoreCAM-U-Net (image labels)", False),
                               ("U-Net (true masks, upper bound)", True)):
+            if seed not in (supervised if masks else args.seeds):
+                continue
             folder = work / f"model-{'sup' if masks else 'weak'}-seed{seed}-{tag}"
             print(f"{method}, seed {seed}", flush=True)
             train_s = 0.0
@@ -183,7 +188,7 @@ def main() -> None:
             runs[method].append(row)
     base = baseline(train, test, n_tune=min(60, args.n_train))
     settings = base.pop("settings")
-    results = {m: aggregate(rows) for m, rows in runs.items()}
+    results = {f"{m}, {len(rows)} seed(s)": aggregate(rows) for m, rows in runs.items() if rows}
     results["Conventional (background-corrected threshold, tuned on train masks)"] = {
         k: (v, 0.0) for k, v in base.items()}
     table = markdown(results)

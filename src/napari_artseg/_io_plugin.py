@@ -70,6 +70,7 @@ def labelling_widget_of_current_viewer() -> Any:
         return None
     for docked in viewer.window.dock_widgets.values():  # napari 0.9: the inner widgets
         inner = docked.widget() if hasattr(docked, "widget") else docked
+        inner = getattr(inner, "labelling", inner)  # the tab container holds one
         if isinstance(inner, LabellingWidget) and not inner.released:
             return inner
     _, widget = viewer.window.add_plugin_dock_widget(PLUGIN_NAME, LABELLING_WIDGET_NAME)
@@ -79,7 +80,7 @@ def labelling_widget_of_current_viewer() -> Any:
 def write_mask(path: str, data: Any, meta: dict) -> list[str]:
     """npe2 writer hook: save a Labels layer as a mask TIFF.
 
-    Non-zero labels become 255 (artifact) in a uint8 image, zero stays 0 (clean),
+    Non-zero labels become 1 (artifact) in a uint8 image, zero stays 0 (clean),
     which is the mask format the rest of the package reads (non-zero = artifact).
     Only 2-D layers are written.
     """
@@ -94,5 +95,5 @@ def write_mask(path: str, data: Any, meta: dict) -> list[str]:
     units = meta.get("units") if isinstance(meta, dict) else None
     if scale is not None and units is not None and str(units[-1]) in ("micrometer", "µm", "um"):
         pixel_size = float(scale[-1])
-    write_tiff(target, np.where(array != 0, 255, 0).astype(np.uint8), pixel_size_um=pixel_size)
+    write_tiff(target, (array != 0).astype(np.uint8), pixel_size_um=pixel_size)
     return [str(target)]

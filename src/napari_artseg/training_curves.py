@@ -24,13 +24,18 @@ STAGE_METRIC = {"classifier": ("val_f1", "val_accuracy"), "unet": ("val_iou",)}
 STAGE_STYLE = {"classifier": ("Classifier", "#1f77b4"), "unet": ("U-Net", "#d62728")}
 
 
+#: Stages drawn on another stage's curve (the fine-tuning rounds continue the U-Net's).
+CURVE_OF_STAGE = {"unet_finetune": "unet"}
+
+
 def curve_row(event: ProgressEvent) -> dict[str, Any] | None:
     """The curve row of an ``epoch`` event (None for other events)."""
     if event.kind != "epoch":
         return None
+    stage = CURVE_OF_STAGE.get(event.stage, event.stage)
     metrics = event.metrics
-    name = next((m for m in STAGE_METRIC.get(event.stage, ()) if m in metrics), "")
-    return {"stage": event.stage, "epoch": int(metrics.get("epoch", event.step)),
+    name = next((m for m in STAGE_METRIC.get(stage, ()) if m in metrics), "")
+    return {"stage": stage, "epoch": int(metrics.get("epoch", event.step)),
             "train_loss": metrics.get("train_loss", event.loss),
             "val_loss": metrics.get("val_loss"), "val_metric": metrics.get(name),
             "metric_name": name}

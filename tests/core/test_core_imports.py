@@ -8,7 +8,10 @@ CORE_MODULES = [
     "napari_artseg.labels_file", "napari_artseg.models", "napari_artseg.scorecam",
     "napari_artseg.training", "napari_artseg.predictor", "napari_artseg.metrics",
     "napari_artseg.tiling", "napari_artseg.model_files", "napari_artseg.synth",
-    "napari_artseg.cli",
+    "napari_artseg.cli", "napari_artseg.project", "napari_artseg.label_store",
+    "napari_artseg.readahead", "napari_artseg.conventional", "napari_artseg.large_images",
+    "napari_artseg.provenance", "napari_artseg.curation", "napari_artseg.prediction_cache",
+    "napari_artseg.training_job", "napari_artseg.training_curves", "napari_artseg.postprocess",
 ]
 
 

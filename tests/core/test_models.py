@@ -112,3 +112,4 @@ def test_unet_learns_fixed_square() -> None:
         pred = torch.sigmoid(model(x)) > 0.5
     accuracy = (pred == target.bool()).float().mean().item()
     assert accuracy > 0.9
+

@@ -207,3 +207,4 @@ def test_upsample_to_shapes() -> None:
     assert upsample_to(maps[0], (8, 12)).shape == (3, 8, 12)
     const = torch.full((1, 1, 2, 3), 5.0)
     torch.testing.assert_close(upsample_to(const, (64, 96)), torch.full((1, 1, 64, 96), 5.0))
+

@@ -30,10 +30,10 @@ def test_events_cover_every_stage_in_order(tiny_dataset, labels, tmp_path):
     events, folder = run_all(
         train_pipeline(tiny_dataset / "images", labels, tmp_path / "m", preset("tiny")))
     stages = [e.stage for e in events if e.kind == "stage"]
-    assert stages == ["data", "classifier", "pseudo_labels", "unet", "self_training", "unet",
-                      "thresholds", "save", "save"]
+    assert stages == ["data", "classifier", "pseudo_labels", "pseudo_thresholds", "unet",
+                      "self_training", "unet_finetune", "thresholds", "save", "save"]
     epochs = [e for e in events if e.kind == "epoch"]
-    assert {e.stage for e in epochs} == {"classifier", "unet"}
+    assert {e.stage for e in epochs} == {"classifier", "unet", "unet_finetune"}
     assert all("val_loss" in e.metrics and "train_loss" in e.metrics for e in epochs)
     assert all(0 <= e.step <= e.total for e in events if e.total)
     assert folder == tmp_path / "m" and (folder / "config.json").is_file()

@@ -52,6 +52,13 @@ LABELLING_KEYS: tuple[KeyAction, ...] = (
     KeyAction("undo", "Shift+Z", "Undo label", "Undo the last label change"),
 )
 
+#: Keys of the predict & correct widget (free in napari 0.9's keymaps, distinct from the above).
+CORRECTION_KEYS: tuple[KeyAction, ...] = (
+    KeyAction("predict_current", "W", "Predict this image", "Run the selected model on this image"),
+    KeyAction("accept_mask", "G", "Accept as curated",
+              "Save the mask as this image's curated mask (masks/<image>.tif)"),
+)
+
 
 class KeyCommand:
     """A keymap callback that calls a widget method, ignoring the keymap provider."""

@@ -12,30 +12,21 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from qtpy.QtCore import QEvent, Qt, QTimer, Signal
-from qtpy.QtWidgets import (
-    QComboBox,
-    QFileDialog,
-    QFormLayout,
-    QGridLayout,
-    QLabel,
-    QPushButton,
-    QVBoxLayout,
-    QWidget,
-)
+from qtpy.QtCore import QEvent, QTimer, Signal
+from qtpy.QtWidgets import QFileDialog, QWidget
 
 from ..errors import ArtSegError
 from ..project import Project
 from ..readahead import DEFAULT_MAX_BYTES, CachedImage, ReadAhead
-from .keys import LABELLING_KEYS, KeyBinder, KeyCommand
+from .keys import LABELLING_KEYS, KeyBinder
 from .label_overlay import LabelOverlay
+from .labelling_layout import build_labelling_ui
 from .layer_sources import LayerLabelling
 from .navigation import FILTERS, ImageNavigator
 
 #: Images read ahead of the current one (within the byte budget).
 READ_AHEAD_COUNT = 8
 IMAGE_LAYER_NAME = "artseg image"
-CONTRAST_MODES = ("per image (percentiles)", "keep current")
 SESSION_SAVE_DELAY_MS = 1000
 
 
@@ -57,6 +48,8 @@ class LabellingWidget(QWidget):
 
     #: Emitted with the new :class:`~napari_artseg.project.Project` after one is opened.
     project_changed = Signal(object)
+    #: Emitted with the image name (relative to the image folder) once it is on screen.
+    image_changed = Signal(str)
     #: Emitted (from a reading thread) with the path of an image that is ready.
     _image_ready = Signal(object)
 
@@ -86,56 +79,7 @@ class LabellingWidget(QWidget):
 
     # ------------------------------------------------------------------ layout
     def _build_ui(self) -> None:
-        layout = QVBoxLayout(self)
-        self.open_button = QPushButton("Open images or project…")
-        self.open_button.setToolTip(
-            "Choose an image folder (its project is <folder>/artseg) or a project folder"
-        )
-        self.open_button.clicked.connect(self._on_open_clicked)
-        self.new_project_button = QPushButton("New project elsewhere…")
-        self.new_project_button.setToolTip("Choose an image folder, then where its project goes")
-        self.new_project_button.clicked.connect(self._on_new_project_clicked)
-        self.layers_button = QPushButton("Label open image layers")
-        self.layers_button.setToolTip(self._layers.__doc__.splitlines()[0])
-        self.layers_button.clicked.connect(self._layers.start)
-        for button in (self.open_button, self.new_project_button, self.layers_button):
-            layout.addWidget(button)
-
-        self.project_label = QLabel("No project open")
-        self.position_label = QLabel("")
-        self.counts_label = QLabel("")
-        for label in (self.project_label, self.position_label, self.counts_label):
-            label.setWordWrap(True)
-            label.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
-            layout.addWidget(label)
-
-        form = QFormLayout()
-        self.filter_box = QComboBox()
-        self.filter_box.addItems(list(FILTERS))
-        self.filter_box.setToolTip("Step only through images with this label")
-        self.filter_box.currentTextChanged.connect(self.set_filter)
-        self.contrast_box = QComboBox()
-        self.contrast_box.addItems(list(CONTRAST_MODES))
-        self.contrast_box.setToolTip("Contrast limits: from each image's percentiles, or kept")
-        form.addRow("Show", self.filter_box)
-        form.addRow("Contrast", self.contrast_box)
-        layout.addLayout(form)
-
-        grid = QGridLayout()
-        self.buttons: dict[str, QPushButton] = {}
-        for i, action in enumerate(LABELLING_KEYS):
-            button = QPushButton(action.button_text)
-            button.setToolTip(action.tooltip)
-            button.setFocusPolicy(Qt.FocusPolicy.NoFocus)  # keys keep going to the canvas
-            button.clicked.connect(KeyCommand(getattr(self, action.method)))
-            grid.addWidget(button, i // 2, i % 2)
-            self.buttons[action.method] = button
-        layout.addLayout(grid)
-
-        self.status_label = QLabel("")
-        self.status_label.setWordWrap(True)
-        layout.addWidget(self.status_label)
-        layout.addStretch(1)
+        build_labelling_ui(self)
 
     # ------------------------------------------------------------------ opening
     def _on_open_clicked(self) -> None:
@@ -333,6 +277,7 @@ class LabellingWidget(QWidget):
                 self.layer.visible = False
             self.shown_image = image
             self._update_info()
+            self.image_changed.emit(image)
             return
         item = self._readahead.peek(project.image_path(image))
         if item is None:
@@ -362,6 +307,7 @@ class LabellingWidget(QWidget):
                 self.show_message("; ".join(item.notes))
         self.shown_image = image
         self._update_info()
+        self.image_changed.emit(image)
 
     def _set_layer_data(self, item: CachedImage) -> None:
         auto = self.contrast_box.currentIndex() == 0

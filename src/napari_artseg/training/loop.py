@@ -6,6 +6,7 @@ Adam, ReduceLROnPlateau on the validation loss, early stopping, best weights kep
 from __future__ import annotations
 
 import copy
+import itertools
 import math
 from collections.abc import Callable, Generator, Iterable
 from dataclasses import dataclass, field
@@ -50,7 +51,7 @@ def _backward_in_chunks(
     size = len(batch[0])
     bounds = [round(i * size / chunks) for i in range(chunks + 1)]
     total = 0.0
-    for start, stop in zip(bounds[:-1], bounds[1:], strict=True):
+    for start, stop in itertools.pairwise(bounds):
         if stop <= start:
             continue
         part = tuple(t[start:stop] for t in batch)

@@ -194,6 +194,8 @@ def train_pipeline(
                                                             config, device)
         own = None
         if config.pseudo_label_per_image:
+            yield ProgressEvent("pseudo_thresholds", 0, len(maps), kind="stage",
+                                message="per-image pseudo-label thresholds (deletion test)")
             own = yield from per_image_thresholds(classifier, items, maps, config, device)
             pseudo_report["n_own_threshold"] = sum(v is not None for v in own.values())
         pseudo_report.update(assign_targets(items, maps, pseudo, own))
@@ -208,10 +210,11 @@ def train_pipeline(
             yield ProgressEvent("self_training", kind="stage",
                                 message=f"self-training round {round_}: U-Net targets")
             pseudo_report.update((yield from refresh_pseudo_targets(unet, items, config, device)))
-            yield ProgressEvent("unet", kind="stage", message=f"fine-tuning, round {round_}")
+            yield ProgressEvent("unet_finetune", kind="stage",
+                                message=f"fine-tuning the U-Net, round {round_}")
             tuned = config.replace(unet_epochs=max(1, config.unet_epochs // 2))
             unet, fit_r = yield from train_unet(items, train_idx, val_idx, tuned, device, unet,
-                                                config.learning_rate * 0.1)
+                                                config.learning_rate * 0.1, stage="unet_finetune")
             offset = len(tables["history_unet"])
             tables["history_unet"] += [{**row, "epoch": row["epoch"] + offset, "round": round_}
                                        for row in fit_r.history]

@@ -104,7 +104,7 @@ def per_image_thresholds(
     for done, index in enumerate(maps, start=1):
         view = global_view(items[index].image, config.input_size)
         found[index] = deletion_threshold(classifier, view, maps[index], device)
-        yield ProgressEvent("pseudo_labels", done, len(maps), message="deletion test")
+        yield ProgressEvent("pseudo_thresholds", done, len(maps), message="deletion test")
     return found
 
 

@@ -73,6 +73,7 @@ def train_unet(
     device: torch.device,
     model: UNet | None = None,
     learning_rate: float | None = None,
+    stage: str = "unet",
 ) -> Generator[ProgressEvent, None, tuple[UNet, FitResult]]:
     """Train the U-Net on the items' ``target`` maps; yields progress, returns model and fit.
 
@@ -127,7 +128,7 @@ def train_unet(
         return {"val_loss": float(np.mean(losses)), "val_iou": iou}
 
     result = yield from fit(
-        "unet", model, config, config.unet_epochs, device, batches, n_batches, loss_fn, validate,
+        stage, model, config, config.unet_epochs, device, batches, n_batches, loss_fn, validate,
         learning_rate,
     )
     return model, result

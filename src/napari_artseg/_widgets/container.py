@@ -1,0 +1,88 @@
+"""The ArtSeg dock widget: Label, Train and Predict & correct tabs sharing one project.
+
+The container owns one widget per step and wires them together with signals;
+there is no global state. The labelling widget opens the project and announces
+it (``project_changed``), and announces every image it shows (``image_changed``),
+which the predict widget follows; a finished training run (``model_trained``)
+selects the new model in the predict widget.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from qtpy.QtCore import QEvent
+from qtpy.QtWidgets import QTabWidget
+
+from ..project import Project
+from .labelling import LabellingWidget
+from .predict import PredictWidget
+from .training import TrainingWidget
+
+
+class ArtSegWidget(QTabWidget):
+    """Label -> train -> predict -> correct in one dock, on one project.
+
+    Parameters
+    ----------
+    napari_viewer : napari.Viewer
+        The viewer all three widgets draw in.
+
+    Attributes
+    ----------
+    labelling : LabellingWidget
+    training : TrainingWidget
+    predict : PredictWidget
+    """
+
+    def __init__(self, napari_viewer: Any) -> None:
+        super().__init__()
+        self.viewer = napari_viewer
+        self.labelling = LabellingWidget(napari_viewer)
+        self.training = TrainingWidget(napari_viewer)
+        self.predict = PredictWidget(napari_viewer)
+        self.addTab(self.labelling, "Label")
+        self.addTab(self.training, "Train")
+        self.addTab(self.predict, "Predict && correct")
+        self.labelling.project_changed.connect(self._on_project_changed)
+        self.labelling.image_changed.connect(self.predict.show_image)
+        self.training.model_trained.connect(self.predict.on_model_trained)
+        self._released = False
+        self._had_parent = False
+
+    @property
+    def project(self) -> Project | None:
+        """The shared project (opened in the Label tab)."""
+        return self.labelling.project
+
+    def open_folder(self, folder: Any) -> bool:
+        """Open an image folder or project (as the Label tab's Open button does)."""
+        return self.labelling.open_folder(folder)
+
+    def _on_project_changed(self, project: Project) -> None:
+        """Hand the project the labelling widget opened to the other two widgets."""
+        self.training.set_project(project)
+        self.predict.set_project(project)
+
+    def release(self) -> None:
+        """Stop workers, save pending edits and the session, release keys (once)."""
+        if self._released:
+            return
+        self._released = True
+        self.predict.release()
+        self.training.release()
+        self.labelling.release()
+
+    def closeEvent(self, event: Any) -> None:
+        """Release everything when the widget is closed."""
+        self.release()
+        super().closeEvent(event)
+
+    def event(self, event: Any) -> bool:
+        """Release when napari takes the widget out of its dock (dock closed)."""
+        if event.type() == QEvent.Type.ParentChange:
+            if self.parent() is not None:
+                self._had_parent = True
+            elif self._had_parent:
+                self.release()
+        return super().event(event)

@@ -1,0 +1,106 @@
+"""Layout of the predict & correct widget: model, run buttons, mask controls, correction."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from qtpy.QtCore import Qt
+from qtpy.QtWidgets import (
+    QCheckBox,
+    QComboBox,
+    QFormLayout,
+    QGridLayout,
+    QHBoxLayout,
+    QLabel,
+    QProgressBar,
+    QPushButton,
+    QSpinBox,
+    QVBoxLayout,
+)
+
+from .keys import CORRECTION_KEYS, KeyCommand
+from .threshold_control import ThresholdControl
+
+
+def _button(text: str, tip: str, slot: Any) -> QPushButton:
+    button = QPushButton(text)
+    button.setToolTip(tip)
+    button.setFocusPolicy(Qt.FocusPolicy.NoFocus)  # keys keep going to the canvas
+    button.clicked.connect(slot)
+    return button
+
+
+def build_predict_ui(self: Any) -> None:
+    """Create the predict widget's child widgets as attributes of ``self`` and lay them out.
+
+    Parameters
+    ----------
+    self : PredictWidget
+        The widget (its methods are connected to the controls).
+    """
+    layout = QVBoxLayout(self)
+    form = QFormLayout()
+    self.model_box = QComboBox()
+    self.model_box.setToolTip("Trained models of the project (newest first)")
+    self.model_box.activated.connect(self._on_model_chosen)
+    form.addRow("Model", self.model_box)
+    layout.addLayout(form)
+
+    keyed = {a.method: a for a in CORRECTION_KEYS}
+    self.predict_button = _button(keyed["predict_current"].button_text,
+                                  keyed["predict_current"].tooltip,
+                                  KeyCommand(self.predict_current))
+    self.predict_all_button = _button("Predict all images", "Run the model on every project "
+                                      "image (cached in predictions/)", self.predict_all)
+    self.cancel_button = _button("Cancel", "Stop after the current image", self.cancel)
+    self.cancel_button.setEnabled(False)
+    row = QHBoxLayout()
+    for button in (self.predict_button, self.predict_all_button, self.cancel_button):
+        row.addWidget(button)
+    layout.addLayout(row)
+    self.progress_bar = QProgressBar()
+    self.progress_bar.setFormat("%v / %m images")
+    self.progress_bar.setValue(0)
+    layout.addWidget(self.progress_bar)
+
+    self.score_label = QLabel("")
+    self.score_label.setWordWrap(True)
+    layout.addWidget(self.score_label)
+
+    controls = QFormLayout()
+    self.threshold = ThresholdControl()
+    self.threshold.value_changed.connect(self._schedule_mask_update)
+    self.min_size_box = QSpinBox()
+    self.min_size_box.setRange(0, 10**8)
+    self.min_size_box.setSuffix(" px")
+    self.min_size_box.setToolTip("Objects smaller than this are dropped from the mask")
+    self.min_size_box.valueChanged.connect(self._schedule_mask_update)
+    controls.addRow("Threshold", self.threshold)
+    controls.addRow("Min. object size", self.min_size_box)
+    layout.addLayout(controls)
+    self.saliency_box = QCheckBox("Score-CAM map beside the image")
+    self.saliency_box.setChecked(True)
+    self.saliency_box.setToolTip("Compute and show the classifier's Score-CAM saliency map")
+    self.saliency_box.toggled.connect(self._on_view_option)
+    self.ungated_box = QCheckBox("Un-gated map (ignore the classifier)")
+    self.ungated_box.setToolTip("Show the U-Net's map even when the classifier called the "
+                                "image clean, to see gate errors")
+    self.ungated_box.toggled.connect(self._on_view_option)
+    layout.addWidget(self.saliency_box)
+    layout.addWidget(self.ungated_box)
+
+    grid = QGridLayout()
+    self.accept_button = _button(keyed["accept_mask"].button_text, keyed["accept_mask"].tooltip,
+                                 KeyCommand(self.accept_mask))
+    self.draw_button = _button("Draw mask from scratch", "An empty mask to paint with napari's "
+                               "brush (P), eraser (E) and fill (F)", self.draw_from_scratch)
+    self.reset_button = _button("Reset mask to prediction", "Drop the edits: the mask from the "
+                                "probability map at this threshold", self.reset_mask)
+    grid.addWidget(self.accept_button, 0, 0, 1, 2)
+    grid.addWidget(self.draw_button, 1, 0)
+    grid.addWidget(self.reset_button, 1, 1)
+    layout.addLayout(grid)
+    self.status_label = QLabel("")
+    self.status_label.setWordWrap(True)
+    layout.addWidget(self.status_label)
+    layout.addStretch(1)

@@ -1,0 +1,138 @@
+"""One determinate progress bar per training stage, with ETA, in the dock and the activity dock."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from qtpy.QtWidgets import QGridLayout, QLabel, QProgressBar, QWidget
+
+from ..training.events import ProgressEvent
+
+#: Stages with a bar, and their titles.
+STAGES: dict[str, str] = {
+    "classifier": "Classifier",
+    "pseudo_labels": "Score-CAM pseudo-labels",
+    "pseudo_thresholds": "Pseudo-label thresholds",
+    "unet": "U-Net",
+    "self_training": "Self-training targets",
+    "unet_finetune": "U-Net fine-tuning",
+}
+BAR_STEPS = 1000
+#: napari's activity-dock bars are updated at most this often (each update repaints there).
+NAPARI_UPDATE_S = 0.25
+
+
+def format_eta(seconds: float | None) -> str:
+    """``ETA 1:05`` style text ('' when unknown)."""
+    if seconds is None:
+        return ""
+    seconds = int(round(seconds))
+    hours, rest = divmod(seconds, 3600)
+    minutes, secs = divmod(rest, 60)
+    return f"ETA {hours}:{minutes:02d}:{secs:02d}" if hours else f"ETA {minutes}:{secs:02d}"
+
+
+class StageClock:
+    """Elapsed time and remaining-time estimate of one stage (GUI-free)."""
+
+    def __init__(self) -> None:
+        self.start = time.perf_counter()
+
+    def eta(self, fraction: float) -> float | None:
+        """Seconds left at ``fraction`` done, by linear extrapolation (None before any step)."""
+        if fraction <= 0:
+            return None
+        elapsed = time.perf_counter() - self.start
+        return max(0.0, elapsed * (1 - fraction) / fraction)
+
+
+class StageProgress(QWidget):
+    """Bars for the classifier, Score-CAM and U-Net stages, mirrored as napari progress bars.
+
+    The napari bars (``napari.utils.progress``) appear in napari's activity dock;
+    each is opened when its stage starts and closed when it ends or the run stops.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        grid = QGridLayout(self)
+        grid.setContentsMargins(0, 0, 0, 0)
+        self.bars: dict[str, QProgressBar] = {}
+        self.eta_labels: dict[str, QLabel] = {}
+        for row, (stage, title) in enumerate(STAGES.items()):
+            bar = QProgressBar()
+            bar.setRange(0, BAR_STEPS)
+            bar.setFormat("%p%")
+            eta = QLabel("")
+            eta.setMinimumWidth(70)
+            grid.addWidget(QLabel(title), row, 0)
+            grid.addWidget(bar, row, 1)
+            grid.addWidget(eta, row, 2)
+            self.bars[stage], self.eta_labels[stage] = bar, eta
+        self._napari_bars: dict[str, Any] = {}
+        self._clocks: dict[str, StageClock] = {}
+        self.current: str | None = None
+        self.events_seen = 0
+        self._napari_updated = 0.0
+
+    def reset(self) -> None:
+        """Empty every bar (a new run)."""
+        self.close_napari_bars()
+        for stage in STAGES:
+            self.bars[stage].setValue(0)
+            self.eta_labels[stage].setText("")
+        self._clocks.clear()
+        self.current = None
+        self.events_seen = 0
+
+    def on_event(self, event: ProgressEvent) -> None:
+        """Move the bars for one progress event (main thread)."""
+        self.events_seen += 1
+        if event.stage != self.current:
+            self._stage_changed(event.stage)
+        if event.stage not in STAGES:
+            return
+        fraction = event.fraction
+        self.bars[event.stage].setValue(int(round(fraction * BAR_STEPS)))
+        self.eta_labels[event.stage].setText(format_eta(self._clocks[event.stage].eta(fraction)))
+        napari_bar = self._napari_bars.get(event.stage)
+        now = time.perf_counter()
+        if napari_bar is not None and event.total and now - self._napari_updated >= NAPARI_UPDATE_S:
+            self._napari_updated = now
+            if napari_bar.total != event.total:
+                napari_bar.total = event.total
+            if event.step > napari_bar.n:
+                napari_bar.update(event.step - napari_bar.n)
+
+    def _stage_changed(self, stage: str) -> None:
+        """Complete the previous stage's bar (early stopping ends short) and open the next."""
+        if self.current in STAGES:
+            self.bars[self.current].setValue(BAR_STEPS)
+            self.eta_labels[self.current].setText("done")
+            self._close_napari_bar(self.current)
+        self.current = stage
+        if stage in STAGES:
+            from napari.utils import progress
+
+            self._clocks[stage] = StageClock()
+            self._napari_bars[stage] = progress(total=0, desc=f"ArtSeg: {STAGES[stage]}")
+
+    def finish(self, complete: bool) -> None:
+        """End of the run: fill the last bar when it completed; close the napari bars."""
+        if complete and self.current in STAGES:
+            self.bars[self.current].setValue(BAR_STEPS)
+            self.eta_labels[self.current].setText("done")
+        elif self.current in STAGES:
+            self.eta_labels[self.current].setText("stopped")
+        self.close_napari_bars()
+
+    def _close_napari_bar(self, stage: str) -> None:
+        bar = self._napari_bars.pop(stage, None)
+        if bar is not None:
+            bar.close()
+
+    def close_napari_bars(self) -> None:
+        """Close every open napari progress bar."""
+        for stage in list(self._napari_bars):
+            self._close_napari_bar(stage)

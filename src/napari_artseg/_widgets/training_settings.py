@@ -1,0 +1,123 @@
+"""The training settings form: a preset and the settings people change most."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from qtpy.QtWidgets import QComboBox, QDoubleSpinBox, QFormLayout, QSpinBox, QWidget
+
+from ..config import DEVICES, PRESETS, ArtSegConfig, preset
+
+#: Config fields the form edits, in order.
+FORM_FIELDS = ("classifier_epochs", "unet_epochs", "input_size", "scale", "batch_size", "seed")
+
+
+def available_devices() -> dict[str, bool]:
+    """Device name -> whether it can be used here (``auto`` and ``cpu`` always can)."""
+    import torch
+
+    mps = getattr(torch.backends, "mps", None)
+    return {"auto": True, "cpu": True, "cuda": torch.cuda.is_available(),
+            "mps": bool(mps and mps.is_available())}
+
+
+class TrainingSettings(QWidget):
+    """Preset, epochs, input size and scale, batch size, device and seed.
+
+    Choosing a preset fills the fields with its values; :meth:`config` is the
+    preset with the fields applied (validated).
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        form = QFormLayout(self)
+        form.setContentsMargins(0, 0, 0, 0)
+        self.preset_box = QComboBox()
+        self.preset_box.addItems(list(PRESETS))
+        self.preset_box.setToolTip("fast: CPU, minutes; paper: the paper's settings, for GPUs; "
+                                   "tiny: smoke tests only")
+        self.fields: dict[str, QSpinBox | QDoubleSpinBox] = {
+            "classifier_epochs": _spin(0, 1000, "Classifier epochs (early stopping may stop it "
+                                                "sooner)"),
+            "unet_epochs": _spin(0, 1000, "U-Net epochs (early stopping may end sooner)"),
+            "input_size": _spin(32, 4096, "Network input square in px; a multiple of "
+                                          "2**unet_levels (32 for fast and paper)", step=32),
+            "scale": _double(0.05, 4.0, "Images are resized by this factor before training"),
+            "batch_size": _spin(1, 256, "Images per batch; lower it when memory runs out"),
+            "seed": _spin(0, 2**31 - 1, "Random seed (split, initialisation, augmentation)"),
+        }
+        self.device_box = QComboBox()
+        usable = available_devices()
+        for name in DEVICES:
+            self.device_box.addItem(name if usable[name] else f"{name} (not available)", name)
+        self.device_box.setToolTip("auto picks CUDA, then Apple MPS, then the CPU")
+        form.addRow("Preset", self.preset_box)
+        titles = {"classifier_epochs": "Classifier epochs", "unet_epochs": "U-Net epochs",
+                  "input_size": "Input size (px)", "scale": "Scale", "batch_size": "Batch size",
+                  "seed": "Seed"}
+        for name in FORM_FIELDS:
+            form.addRow(titles[name], self.fields[name])
+        form.addRow("Device", self.device_box)
+        self.preset_box.currentTextChanged.connect(self.load_preset)
+        self.preset_box.setCurrentText("fast")
+        self.load_preset("fast")
+
+    def load_preset(self, name: str) -> None:
+        """Fill the fields with a preset's values."""
+        self.show_config(preset(name))
+
+    def show_config(self, config: ArtSegConfig) -> None:
+        """Fill the form from a config."""
+        self.preset_box.blockSignals(True)
+        self.preset_box.setCurrentText(config.preset)
+        self.preset_box.blockSignals(False)
+        for name in FORM_FIELDS:
+            self.fields[name].setValue(getattr(config, name))
+        self.device_box.setCurrentIndex(max(0, self.device_box.findData(config.device)))
+
+    def values(self) -> dict[str, Any]:
+        """The form's values: ``preset``, the :data:`FORM_FIELDS` and ``device``."""
+        values: dict[str, Any] = {"preset": self.preset_box.currentText()}
+        values.update({name: self.fields[name].value() for name in FORM_FIELDS})
+        values["device"] = self.device_box.currentData()
+        return values
+
+    def set_values(self, values: dict[str, Any]) -> None:
+        """Fill the form from :meth:`values` output (unknown keys are ignored)."""
+        name = values.get("preset")
+        if name in PRESETS:
+            self.load_preset(name)
+        for key in FORM_FIELDS:
+            if isinstance(values.get(key), int | float):
+                self.fields[key].setValue(values[key])
+        if values.get("device") in DEVICES:
+            self.device_box.setCurrentIndex(self.device_box.findData(values["device"]))
+
+    def config(self, **overrides: Any) -> ArtSegConfig:
+        """The preset with the form's fields (and ``overrides``) applied.
+
+        Raises
+        ------
+        ArtSegError
+            When a value is invalid (the message names the setting).
+        """
+        values = self.values()
+        name = values.pop("preset")
+        return preset(name, **{**values, **overrides})
+
+
+def _spin(low: int, high: int, tip: str, step: int = 1) -> QSpinBox:
+    box = QSpinBox()
+    box.setRange(low, high)
+    box.setSingleStep(step)
+    box.setToolTip(tip)
+    return box
+
+
+def _double(low: float, high: float, tip: str) -> QDoubleSpinBox:
+    box = QDoubleSpinBox()
+    box.setRange(low, high)
+    box.setDecimals(2)
+    box.setSingleStep(0.05)
+    box.setToolTip(tip)
+    return box
