@@ -13,10 +13,10 @@ import matplotlib
 import numpy as np
 
 matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-from matplotlib.colors import ListedColormap  # noqa: E402
+import matplotlib.pyplot as plt
+from matplotlib.colors import ListedColormap
 
-from napari_artseg.synth import ARTIFACT_KINDS, generate_sample  # noqa: E402
+from napari_artseg.synth import ARTIFACT_KINDS, generate_sample
 
 KIND_COLOURS = ["#e41a1c", "#377eb8", "#ff7f00", "#984ea3", "#4daf4a"]
 

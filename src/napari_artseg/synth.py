@@ -260,7 +260,7 @@ def _draw_cells(rng: np.random.Generator, trans: np.ndarray, scale: float) -> No
     delta = np.zeros((h, w), np.float32)
     canvas = _Canvas(trans, scale)
     halo_width = 1.8 * scale
-    for (cy, cx), a, aspect in zip(centres, radii, aspects):
+    for (cy, cx), a, aspect in zip(centres, radii, aspects, strict=True):
         b = a / aspect
         reach = a * 1.3 + 4 * halo_width + 2
         win = canvas.window(cy, cx, reach, reach)
@@ -695,7 +695,8 @@ def write_dataset(
                 "artifact_fraction": float(artifact_fraction),
                 "pixel_size_um": float(pixel_size_um),
                 "kind_weights": dict(zip(ARTIFACT_KINDS,
-                                         _kind_probabilities(kind_weights).tolist())),
+                                         _kind_probabilities(kind_weights).tolist(),
+                                         strict=True)),
                 "mask_threshold": MASK_THRESHOLD,
                 "complete": complete,
                 "images": records,
