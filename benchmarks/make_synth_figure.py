@@ -39,8 +39,9 @@ def make_figure(out: Path, seed: int = 0, size: int = 512) -> Path:
         ax_img.set_title(title, fontsize=10)
         ax_mask.imshow(sample.image, cmap="gray", vmin=lo, vmax=hi, interpolation="nearest")
         kinds = np.ma.masked_equal(sample.kinds, 0)
-        ax_mask.imshow(kinds, cmap=cmap, vmin=0, vmax=len(ARTIFACT_KINDS), alpha=0.55,
-                       interpolation="nearest")
+        ax_mask.imshow(
+            kinds, cmap=cmap, vmin=0, vmax=len(ARTIFACT_KINDS), alpha=0.55, interpolation="nearest"
+        )
         ax_mask.set_title(f"mask ({100 * sample.mask.mean():.1f} % of pixels)", fontsize=10)
     for ax in axes.flat:
         ax.set_axis_off()

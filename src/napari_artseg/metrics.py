@@ -69,8 +69,41 @@ def _iou(tp: int, fp: int, fn: int) -> float:
 # ----------------------------------------------------------------------------- pixel level
 
 
+class _Rates:
+    """Precision, recall, F1 and IoU from ``tp``, ``fp`` and ``fn`` counts.
+
+    Precision and recall are NaN when their denominator is 0; F1 (Dice, 2TP / (2TP
+    + FP + FN)) and IoU (Jaccard, TP / (TP + FP + FN)) are 1.0 when there is
+    nothing at all, in the truth or the prediction.
+    """
+
+    tp: int
+    fp: int
+    fn: int
+
+    @property
+    def precision(self) -> float:
+        """TP / (TP + FP); NaN when nothing is predicted."""
+        return _ratio(self.tp, self.tp + self.fp)
+
+    @property
+    def recall(self) -> float:
+        """TP / (TP + FN); NaN when the truth is empty."""
+        return _ratio(self.tp, self.tp + self.fn)
+
+    @property
+    def f1(self) -> float:
+        """2TP / (2TP + FP + FN); 1.0 when truth and prediction are both empty."""
+        return _f1(self.tp, self.fp, self.fn)
+
+    @property
+    def iou(self) -> float:
+        """TP / (TP + FP + FN); 1.0 when truth and prediction are both empty."""
+        return _iou(self.tp, self.fp, self.fn)
+
+
 @dataclass
-class PixelCounts:
+class PixelCounts(_Rates):
     """Pixel confusion counts of a binary segmentation.
 
     Parameters
@@ -89,26 +122,6 @@ class PixelCounts:
     fp: int = 0
     fn: int = 0
     tn: int = 0
-
-    @property
-    def precision(self) -> float:
-        """TP / (TP + FP); NaN when nothing is predicted."""
-        return _ratio(self.tp, self.tp + self.fp)
-
-    @property
-    def recall(self) -> float:
-        """TP / (TP + FN); NaN when the truth is empty."""
-        return _ratio(self.tp, self.tp + self.fn)
-
-    @property
-    def f1(self) -> float:
-        """Dice = 2TP / (2TP + FP + FN); 1.0 when both masks are empty."""
-        return _f1(self.tp, self.fp, self.fn)
-
-    @property
-    def iou(self) -> float:
-        """Jaccard = TP / (TP + FP + FN); 1.0 when both masks are empty."""
-        return _iou(self.tp, self.fp, self.fn)
 
     def __add__(self, other: PixelCounts) -> PixelCounts:
         if not isinstance(other, PixelCounts):
@@ -160,7 +173,7 @@ def pixel_counts(pred: np.ndarray, truth: np.ndarray) -> PixelCounts:
 
 
 @dataclass
-class ObjectCounts:
+class ObjectCounts(_Rates):
     """Object (connected component) matching counts.
 
     Parameters
@@ -180,26 +193,6 @@ class ObjectCounts:
     tp: int = 0
     fp: int = 0
     fn: int = 0
-
-    @property
-    def precision(self) -> float:
-        """TP / (TP + FP); NaN when there is no predicted object."""
-        return _ratio(self.tp, self.tp + self.fp)
-
-    @property
-    def recall(self) -> float:
-        """TP / (TP + FN); NaN when there is no ground-truth object."""
-        return _ratio(self.tp, self.tp + self.fn)
-
-    @property
-    def f1(self) -> float:
-        """2TP / (2TP + FP + FN); 1.0 when there are no objects at all."""
-        return _f1(self.tp, self.fp, self.fn)
-
-    @property
-    def iou(self) -> float:
-        """TP / (TP + FP + FN); 1.0 when there are no objects at all."""
-        return _iou(self.tp, self.fp, self.fn)
 
     def __add__(self, other: ObjectCounts) -> ObjectCounts:
         if not isinstance(other, ObjectCounts):

@@ -24,8 +24,10 @@ the last artifact that visibly changed each pixel, so ``kinds > 0`` equals
 Sizes are specified for a 512 x 512 field and scaled by
 ``sqrt(H * W) / 512``. Every random draw comes from the ``numpy.random.Generator``
 passed in, so a seed reproduces an image bit for bit. Background, cells and
-noise are drawn before the artifacts: with the same seed, the clean and the
-artifact version of an image share the same cells and noise.
+noise are drawn before the artifacts, which come from their own stream: with
+the same seed, the clean and the artifact version of an image share the same
+cells and noise, and the same seed at another size draws the same artifacts,
+scaled.
 """
 
 from __future__ import annotations
@@ -55,7 +57,7 @@ N_ARTIFACT_PROBS: tuple[float, ...] = (0.4, 0.3, 0.2, 0.1)
 #: A pixel belongs to an artifact where it changes the transmission by more than this.
 MASK_THRESHOLD = 0.02
 #: Probability that a clump is a large one (12-50 % of the field).
-LARGE_CLUMP_PROB = 0.25
+LARGE_CLUMP_PROB = 0.2
 #: Bumped whenever the same seed would draw different images.
 SYNTH_VERSION = 1
 CAMERA_OFFSET = 100.0
@@ -98,13 +100,15 @@ def _smooth_noise(rng: np.random.Generator, shape: tuple[int, int], sigma: float
     Gaussian weights, which keeps the cost independent of ``sigma``.
     """
     h, w = shape
-    if sigma <= 3.0:
+    if sigma <= 8.0:
         field = ndi.gaussian_filter(rng.standard_normal(shape, dtype=np.float32), sigma)
     else:
         step = sigma / 2.0
         ch, cw = int(math.ceil(h / step)) + 4, int(math.ceil(w / step)) + 4
         coarse = ndi.gaussian_filter(rng.standard_normal((ch, cw), dtype=np.float32), 1.5)
-        field = _interp_matrix(h, ch, step) @ coarse @ _interp_matrix(w, cw, step).T
+        # einsum, not BLAS: for these thin products BLAS threading costs more than the maths.
+        rows = np.einsum("ij,jk->ik", _interp_matrix(h, ch, step), coarse)
+        field = np.einsum("ik,jk->ij", rows, _interp_matrix(w, cw, step))
     field = field.astype(np.float32, copy=False)
     field -= field.mean()
     std = float(field.std())
@@ -147,6 +151,8 @@ def _blob_distance(
     u = (xx * c + yy * s) / a
     v = (yy * c - xx * s) / b
     rho = np.sqrt(u * u + v * v)
+    if len(harmonics) == 0:
+        return (rho - 1.0) * math.sqrt(a * b)
     theta = np.arctan2(v, u)
     bound = np.ones_like(rho)
     for order, amp, phase in harmonics:
@@ -157,6 +163,9 @@ def _blob_distance(
 def _soft_inside(distance: np.ndarray, width: float = 0.7) -> np.ndarray:
     """Anti-aliased inside indicator from a signed distance (1 inside, 0 outside)."""
     return np.clip(0.5 - distance / (2.0 * width), 0.0, 1.0)
+
+
+_ROUND = np.zeros((0, 3), np.float32)  # no harmonics: a plain ellipse
 
 
 class _Canvas:
@@ -268,7 +277,7 @@ def _draw_cells(rng: np.random.Generator, trans: np.ndarray, scale: float) -> No
             continue
         sl, yy, xx = win
         angle = rng.uniform(0.0, np.pi)
-        dist = _blob_distance(yy, xx, a, b, angle, _harmonics(rng, 0.07))
+        dist = _blob_distance(yy, xx, a, b, angle, _harmonics(rng, 0.07, 4))
         inside = _soft_inside(dist, 0.8)
         depth = rng.uniform(0.03, 0.10)
         membrane = rng.uniform(0.04, 0.12) * np.exp(-(((dist + 1.2 * scale) / scale) ** 2))
@@ -277,8 +286,7 @@ def _draw_cells(rng: np.random.Generator, trans: np.ndarray, scale: float) -> No
         if rng.random() < 0.7:  # nucleus, off-centre, slightly darker
             off = rng.uniform(-0.25, 0.25, 2) * b
             fn = rng.uniform(0.35, 0.55)
-            nuc = _blob_distance(yy - off[0], xx - off[1], a * fn, b * fn, angle,
-                                 _harmonics(rng, 0.05, 3))
+            nuc = _blob_distance(yy - off[0], xx - off[1], a * fn, b * fn, angle, _ROUND)
             cell -= rng.uniform(0.02, 0.06) * _soft_inside(nuc, 1.2 * scale)
         delta[sl] += cell
         np.maximum(interior[sl], inside, out=interior[sl])
@@ -326,8 +334,9 @@ def _draw_dust(rng: np.random.Generator, canvas: _Canvas) -> None:
     if win is None:
         return
     sl, yy, xx = win
-    dist = _blob_distance(yy, xx, radius * aspect, radius, rng.uniform(0, np.pi),
-                          _harmonics(rng, 0.02, 2))
+    dist = _blob_distance(
+        yy, xx, radius * aspect, radius, rng.uniform(0, np.pi), _harmonics(rng, 0.02, 2)
+    )
     disc = np.clip(0.5 - dist / (2.5 * blur), 0.0, 1.0)
     disc = disc * disc * (3.0 - 2.0 * disc)  # smoothstep: defocused edge
     if rng.random() < 0.6:
@@ -335,8 +344,12 @@ def _draw_dust(rng: np.random.Generator, canvas: _Canvas) -> None:
     else:
         rim = np.exp(-((dist / blur) ** 2))
         inner = np.exp(-(((dist + 0.45 * radius) / blur) ** 2))
-        factor = (1.0 - rng.uniform(0.02, 0.06) * disc + rng.uniform(0.04, 0.10) * rim
-                  + rng.uniform(0.0, 0.04) * inner)
+        factor = (
+            1.0
+            - rng.uniform(0.02, 0.06) * disc
+            + rng.uniform(0.04, 0.10) * rim
+            + rng.uniform(0.0, 0.04) * inner
+        )
     canvas.apply("dust", sl, (canvas.trans[sl] * factor).astype(np.float32))
 
 
@@ -345,7 +358,7 @@ def _fibre_path(rng: np.random.Generator, canvas: _Canvas, length: float) -> np.
     step = 0.5
     n = max(int(length / step), 4)
     curvature = ndi.gaussian_filter1d(rng.standard_normal(n), 40.0 / step, mode="nearest")
-    curvature *= rng.uniform(0.0, 0.012) / (curvature.std() + 1e-9)
+    curvature *= rng.uniform(0.0, 0.02) / (curvature.std() + 1e-9)
     heading = rng.uniform(0.0, 2 * np.pi) + np.cumsum(curvature) * step
     heading -= heading[n // 2] - rng.uniform(0.0, 2 * np.pi)
     py = np.cumsum(np.sin(heading) * step)
@@ -387,7 +400,8 @@ def _draw_hair(rng: np.random.Generator, canvas: _Canvas) -> None:
     sl = (slice(y0, y1), slice(x0, x1))
     new = canvas.trans[sl] * (1.0 - alpha) + value * alpha
     if rng.random() < 0.5:  # refractive bright fringe along the edges
-        new += rng.uniform(0.04, 0.12) * np.exp(-(((dist - half - 1.0) / 1.0) ** 2))
+        fringe = max(s, 0.7)
+        new += rng.uniform(0.04, 0.12) * np.exp(-(((dist - half - fringe) / fringe) ** 2))
     canvas.apply("hair", sl, new.astype(np.float32))
 
 
@@ -412,8 +426,9 @@ def _draw_clump(rng: np.random.Generator, canvas: _Canvas) -> None:
         return
     sl, yy, xx = win
     shape = (sl[0].stop - sl[0].start, sl[1].stop - sl[1].start)
-    dist = _blob_distance(yy, xx, radius * aspect, radius, rng.uniform(0, np.pi),
-                          _harmonics(rng, 0.15, 4))
+    dist = _blob_distance(
+        yy, xx, radius * aspect, radius, rng.uniform(0, np.pi), _harmonics(rng, 0.15, 4)
+    )
     lobes = 0.3 * _smooth_noise(rng, shape, radius / 4) + 0.12 * _smooth_noise(rng, shape, 4 * s)
     field = -dist / radius + lobes
     alpha = np.clip(field * radius / (2.0 * s) + 0.5, 0.0, 1.0)
@@ -424,8 +439,9 @@ def _draw_clump(rng: np.random.Generator, canvas: _Canvas) -> None:
     alpha = np.maximum(alpha, 0.8 * specks)
     bodies = np.clip(_smooth_noise(rng, shape, 2.5 * s) - 0.3, 0.0, None)
     fine = _smooth_noise(rng, shape, 1.0 * s)
-    value = (rng.uniform(0.4, 0.65) - 0.12 * bodies + 0.06 * fine
-             + 0.25 * np.clip(fine - 2.2, 0.0, None))
+    value = (
+        rng.uniform(0.4, 0.65) - 0.12 * bodies + 0.06 * fine + 0.25 * np.clip(fine - 2.2, 0.0, None)
+    )
     new = canvas.trans[sl] * (1.0 - alpha) + value * alpha
     canvas.apply("clump", sl, new.astype(np.float32))
 
@@ -442,8 +458,9 @@ def _draw_bubble(rng: np.random.Generator, canvas: _Canvas) -> None:
     if win is None:
         return
     sl, yy, xx = win
-    dist = _blob_distance(yy, xx, radius * aspect, radius, rng.uniform(0, np.pi),
-                          _harmonics(rng, 0.01, 2))
+    dist = _blob_distance(
+        yy, xx, radius * aspect, radius, rng.uniform(0, np.pi), _harmonics(rng, 0.01, 2)
+    )
     inside = _soft_inside(dist + ring, 0.8)
     new = canvas.trans[sl] * (1.0 + rng.uniform(0.05, 0.12) * inside)
     band = _soft_inside(dist, 0.7) * (1.0 - inside)
@@ -470,8 +487,9 @@ _DRAWERS = {
 def _check_size(size: int | tuple[int, int]) -> tuple[int, int]:
     """(H, W) from an int or a pair; each side at least 32 px."""
     shape = (size, size) if isinstance(size, (int, np.integer)) else tuple(size)
-    if len(shape) != 2 or any(isinstance(v, bool) or not isinstance(v, (int, np.integer))
-                              for v in shape):
+    if len(shape) != 2 or any(
+        isinstance(v, bool) or not isinstance(v, (int, np.integer)) for v in shape
+    ):
         raise ValueError(f"size must be an integer or a pair of integers (got {size!r})")
     if min(shape) < 32:
         raise ValueError(f"size must be at least 32 pixels (got {size!r})")
@@ -483,8 +501,10 @@ def _kind_probabilities(kind_weights: Mapping[str, float] | None) -> np.ndarray:
     weights = dict(DEFAULT_KIND_WEIGHTS if kind_weights is None else kind_weights)
     unknown = set(weights) - set(ARTIFACT_KINDS)
     if unknown:
-        raise ValueError(f"unknown artifact kind(s): {', '.join(sorted(unknown))}; "
-                         f"choose from {', '.join(ARTIFACT_KINDS)}")
+        raise ValueError(
+            f"unknown artifact kind(s): {', '.join(sorted(unknown))}; "
+            f"choose from {', '.join(ARTIFACT_KINDS)}"
+        )
     p = np.array([float(weights.get(k, 0.0)) for k in ARTIFACT_KINDS])
     if not np.all(np.isfinite(p)) or np.any(p < 0) or p.sum() <= 0:
         raise ValueError("kind weights must be non-negative with a positive sum")
@@ -492,11 +512,13 @@ def _kind_probabilities(kind_weights: Mapping[str, float] | None) -> np.ndarray:
 
 
 def _add_noise(
-    rng: np.random.Generator, noise: np.ndarray, illumination: np.ndarray, trans: np.ndarray
+    noise: np.ndarray, illumination: np.ndarray, trans: np.ndarray, gain: float, read: float
 ) -> np.ndarray:
-    """Noise-free counts to a uint16 image with shot and read noise (12-bit clip)."""
-    gain = rng.uniform(0.3, 0.9)  # counts per photo-electron
-    read = rng.uniform(2.0, 6.0)
+    """Noise-free counts to a uint16 image with shot and read noise (12-bit clip).
+
+    Shot noise uses the Gaussian approximation of Poisson noise: variance
+    ``gain * signal`` in counts; ``noise`` is a pre-drawn standard normal field.
+    """
     signal = illumination * np.clip(trans, 0.02, None)
     sigma = np.sqrt(gain * signal + read * read)
     counts = CAMERA_OFFSET + signal + sigma * noise
@@ -539,26 +561,31 @@ def generate_sample(
         if bad:
             raise ValueError(f"unknown artifact kind(s): {', '.join(bad)}")
     scale = math.sqrt(shape[0] * shape[1]) / 512.0
+    # Artifacts get their own stream, drawn first: their parameters do not depend on
+    # how many cells the image has (same seed, other size: the same artifacts, scaled).
+    art_rng = np.random.default_rng(int(rng.integers(0, 2**63)))
     illumination = _illumination(rng, shape)
     trans = (1.0 + 0.006 * _smooth_noise(rng, shape, 20.0 * scale)).astype(np.float32)
     _draw_cells(rng, trans, scale)
     noise = rng.standard_normal(shape, dtype=np.float32)
+    gain = rng.uniform(0.3, 0.9)  # counts per photo-electron
+    read = rng.uniform(2.0, 6.0)  # read noise, counts
     canvas = _Canvas(trans, scale)
     drawn: list[str] = []
     if artifact:
         if artifact_kinds:
             todo = list(artifact_kinds)
         else:
-            count = 1 + int(rng.choice(len(N_ARTIFACT_PROBS), p=N_ARTIFACT_PROBS))
-            todo = [ARTIFACT_KINDS[i] for i in rng.choice(len(ARTIFACT_KINDS), count, p=probs)]
+            count = 1 + int(art_rng.choice(len(N_ARTIFACT_PROBS), p=N_ARTIFACT_PROBS))
+            todo = [ARTIFACT_KINDS[i] for i in art_rng.choice(len(ARTIFACT_KINDS), count, p=probs)]
         for _attempt in range(20):
             for kind in todo:
-                _DRAWERS[kind](rng, canvas)
+                _DRAWERS[kind](art_rng, canvas)
                 drawn.append(kind)
             if canvas.mask.any():
                 break
-            todo = [todo[-1]] if artifact_kinds else [ARTIFACT_KINDS[rng.choice(5, p=probs)]]
-    image = _add_noise(rng, noise, illumination, canvas.trans)
+            todo = [todo[-1]] if artifact_kinds else [ARTIFACT_KINDS[art_rng.choice(5, p=probs)]]
+    image = _add_noise(noise, illumination, canvas.trans, gain, read)
     return SynthSample(
         image=image,
         mask=canvas.mask,
@@ -571,8 +598,9 @@ def generate_sample(
 # -------------------------------------------------------------------------- dataset
 
 
-def _check_dataset_args(n: int, size: int, artifact_fraction: float, seed: int,
-                        pixel_size_um: float) -> None:
+def _check_dataset_args(
+    n: int, size: int, artifact_fraction: float, seed: int, pixel_size_um: float
+) -> None:
     """Raise ValueError with a one-line message for a bad argument."""
     if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 1:
         raise ValueError(f"n must be an integer of at least 1 (got {n!r})")
@@ -582,8 +610,11 @@ def _check_dataset_args(n: int, size: int, artifact_fraction: float, seed: int,
         raise ValueError(f"artifact_fraction must be between 0 and 1 (got {artifact_fraction!r})")
     if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
         raise ValueError(f"seed must be a non-negative integer (got {seed!r})")
-    if not (isinstance(pixel_size_um, (int, float)) and math.isfinite(pixel_size_um)
-            and pixel_size_um > 0):
+    if not (
+        isinstance(pixel_size_um, (int, float))
+        and math.isfinite(pixel_size_um)
+        and pixel_size_um > 0
+    ):
         raise ValueError(f"pixel_size_um must be a positive number (got {pixel_size_um!r})")
 
 
@@ -665,21 +696,24 @@ def write_dataset(
     complete = False
     try:
         for i in range(n):
-            sample = generate_sample(image_rng(seed, i), size, i in with_artifacts,
-                                     kind_weights=kind_weights)
+            sample = generate_sample(
+                image_rng(seed, i), size, i in with_artifacts, kind_weights=kind_weights
+            )
             name = f"synth_{i:0{digits}d}.tif"
             write_tiff(root / "images" / name, sample.image, pixel_size_um)
             write_tiff(root / "masks" / name, sample.mask, pixel_size_um)
             write_tiff(root / "kinds" / name, sample.kinds, pixel_size_um)
             labels[name] = sample.label
             visible = sorted(set(np.unique(sample.kinds).tolist()) - {0})
-            records.append({
-                "image": name,
-                "label": sample.label,
-                "kinds": [ARTIFACT_KINDS[k - 1] for k in visible],
-                "drawn": list(sample.artifacts),
-                "artifact_fraction_px": round(float(sample.mask.mean()), 6),
-            })
+            records.append(
+                {
+                    "image": name,
+                    "label": sample.label,
+                    "kinds": [ARTIFACT_KINDS[k - 1] for k in visible],
+                    "drawn": list(sample.artifacts),
+                    "artifact_fraction_px": round(float(sample.mask.mean()), 6),
+                }
+            )
             yield i + 1, n
         complete = True
     finally:
@@ -694,14 +728,18 @@ def write_dataset(
                 "size": int(size),
                 "artifact_fraction": float(artifact_fraction),
                 "pixel_size_um": float(pixel_size_um),
-                "kind_weights": dict(zip(ARTIFACT_KINDS,
-                                         _kind_probabilities(kind_weights).tolist(),
-                                         strict=True)),
+                "kind_weights": dict(
+                    zip(ARTIFACT_KINDS, _kind_probabilities(kind_weights).tolist(), strict=True)
+                ),
                 "mask_threshold": MASK_THRESHOLD,
                 "complete": complete,
                 "images": records,
             }
             atomic_write_text(root / "dataset.json", json.dumps(meta, indent=1) + "\n")
     n_artifact = sum(1 for r in records if r["label"] == "artifact")
-    return {"n": len(records), "n_artifact": n_artifact, "n_clean": len(records) - n_artifact,
-            "out": str(root)}
+    return {
+        "n": len(records),
+        "n_artifact": n_artifact,
+        "n_clean": len(records) - n_artifact,
+        "out": str(root),
+    }

@@ -12,6 +12,8 @@ CORE_MODULES = [
     "napari_artseg.readahead", "napari_artseg.conventional", "napari_artseg.large_images",
     "napari_artseg.provenance", "napari_artseg.curation", "napari_artseg.prediction_cache",
     "napari_artseg.training_job", "napari_artseg.training_curves", "napari_artseg.postprocess",
+    "napari_artseg.export", "napari_artseg.qc_table", "napari_artseg.background_fill",
+    "napari_artseg.retrain", "napari_artseg.active_selection",
 ]
 
 

@@ -15,6 +15,7 @@ from qtpy.QtCore import QEvent
 from qtpy.QtWidgets import QTabWidget
 
 from ..project import Project
+from .export_widget import ExportWidget
 from .labelling import LabellingWidget
 from .predict import PredictWidget
 from .training import TrainingWidget
@@ -33,6 +34,7 @@ class ArtSegWidget(QTabWidget):
     labelling : LabellingWidget
     training : TrainingWidget
     predict : PredictWidget
+    export : ExportWidget
     """
 
     def __init__(self, napari_viewer: Any) -> None:
@@ -41,12 +43,16 @@ class ArtSegWidget(QTabWidget):
         self.labelling = LabellingWidget(napari_viewer)
         self.training = TrainingWidget(napari_viewer)
         self.predict = PredictWidget(napari_viewer)
+        self.export = ExportWidget(napari_viewer)
         self.addTab(self.labelling, "Label")
         self.addTab(self.training, "Train")
         self.addTab(self.predict, "Predict && correct")
+        self.addTab(self.export, "Export")
         self.labelling.project_changed.connect(self._on_project_changed)
         self.labelling.image_changed.connect(self.predict.show_image)
         self.training.model_trained.connect(self.predict.on_model_trained)
+        self.predict.image_requested.connect(self.labelling.go_to_image)
+        self.export.filled.connect(self._on_images_added)
         self._released = False
         self._had_parent = False
 
@@ -63,6 +69,17 @@ class ArtSegWidget(QTabWidget):
         """Hand the project the labelling widget opened to the other two widgets."""
         self.training.set_project(project)
         self.predict.set_project(project)
+        self.export.set_project(project)
+
+    def _on_images_added(self, _result: Any) -> None:
+        """Filled clean images were added to the image folder: list them in the Label tab."""
+        navigator = self.labelling.navigator
+        if self.project is None:
+            return
+        current = navigator.current
+        navigator.images = self.project.images(refresh=True)
+        if current is not None:
+            navigator.go_to(current)
 
     def release(self) -> None:
         """Stop workers, save pending edits and the session, release keys (once)."""
@@ -70,6 +87,7 @@ class ArtSegWidget(QTabWidget):
             return
         self._released = True
         self.predict.release()
+        self.export.release()
         self.training.release()
         self.labelling.release()
 

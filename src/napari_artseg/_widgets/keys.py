@@ -50,6 +50,8 @@ LABELLING_KEYS: tuple[KeyAction, ...] = (
     KeyAction("next_image", "N", "Next", "Next image (within the filter)"),
     KeyAction("next_unlabelled", "Shift+N", "Next unlabelled", "Next image with no label"),
     KeyAction("undo", "Shift+Z", "Undo label", "Undo the last label change"),
+    KeyAction("next_most_useful", "V", "Next most useful",
+              "The unlabelled image the current model is least sure about"),
 )
 
 #: Keys of the predict & correct widget (free in napari 0.9's keymaps, distinct from the above).
@@ -57,6 +59,8 @@ CORRECTION_KEYS: tuple[KeyAction, ...] = (
     KeyAction("predict_current", "W", "Predict this image", "Run the selected model on this image"),
     KeyAction("accept_mask", "G", "Accept as curated",
               "Save the mask as this image's curated mask (masks/<image>.tif)"),
+    KeyAction("next_most_useful_mask", "Shift+V", "Next most useful mask",
+              "The predicted mask (without a curated one) the model is least sure about"),
 )
 
 

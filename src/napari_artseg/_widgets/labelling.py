@@ -18,6 +18,7 @@ from qtpy.QtWidgets import QFileDialog, QWidget
 from ..errors import ArtSegError
 from ..project import Project
 from ..readahead import DEFAULT_MAX_BYTES, CachedImage, ReadAhead
+from .active_keys import ActiveSelector
 from .keys import LABELLING_KEYS, KeyBinder
 from .label_overlay import LabelOverlay
 from .labelling_layout import build_labelling_ui
@@ -65,6 +66,9 @@ class LabellingWidget(QWidget):
         self._released = False
         self._had_parent = False
         self._keys = KeyBinder(LABELLING_KEYS, self)
+        self.selector = ActiveSelector("label")
+        self.selector.picked.connect(self.go_to_image)
+        self.selector.message.connect(self.show_message)
         self._layers = LayerLabelling(self)
         self._readahead = ReadAhead(read_ahead_bytes, on_ready=self._image_ready.emit)
         self._image_ready.connect(self._on_image_ready)
@@ -222,6 +226,27 @@ class LabellingWidget(QWidget):
     def next_unlabelled(self) -> None:
         """Show the next unlabelled image (wrapping around to the start)."""
         self._step(self.navigator.find(+1, "unlabelled", wrap=True), "Every image is labelled.")
+
+    def next_most_useful(self) -> None:
+        """Show the unlabelled image the current model is least sure about (ranked in a worker)."""
+        if self.project is None:
+            self.show_message("Open an image folder or a project first.")
+            return
+        unlabelled = [i for i in self.navigator.images if self._label_of(i) is None]
+        self.selector.pick(self.project, unlabelled)
+
+    def go_to_image(self, image: str) -> None:
+        """Show ``image`` (switching the filter to ``all`` when it hides the image)."""
+        if image not in self.navigator.images:
+            self.show_message(f"{image} is not among this project's images.")
+            return
+        if not self.navigator.matches(image):
+            self.navigator.set_filter("all")
+            self.filter_box.blockSignals(True)
+            self.filter_box.setCurrentText("all")
+            self.filter_box.blockSignals(False)
+        self.navigator.go_to(image)
+        self._show_current()
 
     def set_filter(self, name: str) -> None:
         """Step only through images of one kind (``all``, ``unlabelled``, ``clean``, ...)."""
@@ -397,6 +422,7 @@ class LabellingWidget(QWidget):
         self._released = True
         self.save_session()
         self._readahead.close()
+        self.selector.release()
         self._keys.release_all()
         self._layers.stop()
         self.overlay.hide()

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from qtpy.QtCore import QTimer
+from qtpy.QtCore import QTimer, Signal
 from qtpy.QtWidgets import QWidget
 
 from ..curation import CuratedMasks, MaskEdit
@@ -31,6 +31,7 @@ from ..prediction_cache import (
     predict_images,
 )
 from ..project import Project
+from .active_keys import ActiveSelector
 from .keys import CORRECTION_KEYS, KeyBinder
 from .predict_layout import build_predict_ui
 from .prediction_layers import PredictionLayers
@@ -49,9 +50,15 @@ class PredictWidget(QWidget):
         The shared project (usually set through :meth:`set_project`).
     """
 
+    #: Asks the container to show an image (the "next most useful mask" key).
+    image_requested = Signal(str)
+
     def __init__(self, napari_viewer: Any, project: Project | None = None) -> None:
         super().__init__()
         self.viewer = napari_viewer
+        self.selector = ActiveSelector("correct")
+        self.selector.picked.connect(self.image_requested)
+        self.selector.message.connect(self.show_message)
         self.project: Project | None = None
         self.curated: CuratedMasks | None = None
         self.models = LoadedModel()
@@ -115,6 +122,15 @@ class PredictWidget(QWidget):
     def on_model_trained(self, folder: Path) -> None:
         """A new model was trained: list it and select it (it is the current model)."""
         self.refresh_models()
+
+    def next_most_useful_mask(self) -> None:
+        """Ask for the predicted mask (without a curated one) the model is least sure about."""
+        if self.project is None or self.curated is None:
+            self.show_message("Open an image folder in the Label tab first.")
+            return
+        self.save_pending_edits()
+        todo = [i for i in self.project.images() if not self.curated.path_for(i).is_file()]
+        self.selector.pick(self.project, todo)
 
     # ------------------------------------------------------------------ following the image
     def show_image(self, image: str, prediction: CachedPrediction | None = None) -> None:
@@ -320,6 +336,8 @@ class PredictWidget(QWidget):
         self.save_pending_edits()
         if self.worker is not None:
             self.worker.quit()
+        self.selector.release()
+        self.evaluation.release()
         self._keys.release_all()
         self.models.release()
 

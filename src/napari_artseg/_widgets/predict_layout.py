@@ -18,6 +18,7 @@ from qtpy.QtWidgets import (
     QVBoxLayout,
 )
 
+from .evaluation_panel import EvaluationPanel
 from .keys import CORRECTION_KEYS, KeyCommand
 from .threshold_control import ThresholdControl
 
@@ -96,10 +97,16 @@ def build_predict_ui(self: Any) -> None:
                                "brush (P), eraser (E) and fill (F)", self.draw_from_scratch)
     self.reset_button = _button("Reset mask to prediction", "Drop the edits: the mask from the "
                                 "probability map at this threshold", self.reset_mask)
+    self.next_mask_button = _button(keyed["next_most_useful_mask"].button_text,
+                                    keyed["next_most_useful_mask"].tooltip,
+                                    KeyCommand(self.next_most_useful_mask))
     grid.addWidget(self.accept_button, 0, 0, 1, 2)
     grid.addWidget(self.draw_button, 1, 0)
     grid.addWidget(self.reset_button, 1, 1)
+    grid.addWidget(self.next_mask_button, 2, 0, 1, 2)
     layout.addLayout(grid)
+    self.evaluation = EvaluationPanel(self)
+    layout.addWidget(self.evaluation)
     self.status_label = QLabel("")
     self.status_label.setWordWrap(True)
     layout.addWidget(self.status_label)

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from qtpy.QtCore import Qt, Signal
-from qtpy.QtWidgets import QHBoxLayout, QLabel, QPushButton, QVBoxLayout, QWidget
+from qtpy.QtWidgets import QCheckBox, QHBoxLayout, QLabel, QPushButton, QVBoxLayout, QWidget
 
 from ..errors import ArtSegError
 from ..project import Project
@@ -80,6 +80,21 @@ class TrainingWidget(QWidget):
             button.setFocusPolicy(Qt.FocusPolicy.NoFocus)
             buttons.addWidget(button)
         layout.addLayout(buttons)
+        retrain_row = QHBoxLayout()
+        self.retrain_button = QPushButton("Retrain with curated masks")
+        self.retrain_button.setToolTip(
+            "Curated masks supervise their images, pseudo-labels the rest; fine-tunes the "
+            "current model and reports IoU on held-out curated masks before and after")
+        self.retrain_button.setFocusPolicy(Qt.FocusPolicy.NoFocus)
+        self.retrain_button.clicked.connect(self.start_retrain)
+        self.scratch_box = QCheckBox("from scratch")
+        self.scratch_box.setToolTip("Train new networks instead of fine-tuning the current model")
+        retrain_row.addWidget(self.retrain_button, 1)
+        retrain_row.addWidget(self.scratch_box)
+        layout.addLayout(retrain_row)
+        self.retrain_label = QLabel("")
+        self.retrain_label.setWordWrap(True)
+        layout.addWidget(self.retrain_label)
         self.stage_label = QLabel("")
         layout.addWidget(self.stage_label)
         self.progress = StageProgress()
@@ -121,12 +136,29 @@ class TrainingWidget(QWidget):
     # ------------------------------------------------------------------ start / cancel
     def start(self) -> bool:
         """Start a run in a worker thread; False (with the reason shown) when it cannot start."""
+        return self._start_job(self._new_job)
+
+    def start_retrain(self) -> bool:
+        """Retrain from the curated masks (MDL) in a worker; False when it cannot start."""
+        return self._start_job(self._new_retrain_job)
+
+    def _new_retrain_job(self) -> TrainingJob:
+        from ..retrain import RetrainJob, curated_images
+
+        job = self._new_job()
+        if not curated_images(self.project):
+            raise ArtSegError("No curated masks yet: correct masks and accept them (G) in "
+                              "Predict & correct, then retrain.")
+        self.retrain_label.setText("")
+        return RetrainJob(self.project, job.config, from_scratch=self.scratch_box.isChecked())
+
+    def _start_job(self, make_job: Any) -> bool:
         from napari.qt.threading import create_worker
 
         if self.running:
             return False
         try:
-            job = self._new_job()
+            job = make_job()
         except ArtSegError as exc:
             self.show_message(str(exc), error=True)
             return False
@@ -191,6 +223,7 @@ class TrainingWidget(QWidget):
 
     def _set_running(self, running: bool) -> None:
         self.start_button.setEnabled(not running)
+        self.retrain_button.setEnabled(not running)
         self.cancel_button.setEnabled(running)
         self.settings.setEnabled(not running)
         self.running_changed.emit(running)
@@ -219,6 +252,9 @@ class TrainingWidget(QWidget):
                 self.show_message(f"Model saved, but not made current: {exc}", error=True)
                 return
         self.show_message(f"Model saved: {Path(folder).name} (now the current model)")
+        report = getattr(self.job, "report", None)
+        if report is not None:
+            self.retrain_label.setText(report.text())
         self.model_trained.emit(Path(folder))
 
     def _on_errored(self, exc: BaseException) -> None:

@@ -14,10 +14,10 @@ from collections.abc import Sequence
 
 from .. import __version__
 from ..errors import ArtSegError
-from . import demo_cmd, evaluate_cmd, predict_cmd, synth_cmd, train_cmd
+from . import demo_cmd, evaluate_cmd, export_cmd, fill_cmd, predict_cmd, synth_cmd, train_cmd
 
 EXIT_OK, EXIT_USAGE, EXIT_PARTIAL, EXIT_INTERRUPTED = 0, 2, 3, 130
-COMMANDS = (synth_cmd, train_cmd, predict_cmd, evaluate_cmd, demo_cmd)
+COMMANDS = (synth_cmd, train_cmd, predict_cmd, evaluate_cmd, demo_cmd, fill_cmd, export_cmd)
 
 
 def build_parser() -> argparse.ArgumentParser:

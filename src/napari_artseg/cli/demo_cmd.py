@@ -21,10 +21,13 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         description="Runs the whole pipeline on synthetic brightfield images in a few minutes "
                     "on a CPU and prints the metrics table.")
     parser.add_argument("--out", default="artseg-demo", help="work folder (default ./artseg-demo)")
-    parser.add_argument("--n", type=int, default=120, help="training images (default 120)")
+    parser.add_argument("--n", type=int, default=200, help="training images (default 200)")
     parser.add_argument("--n-test", type=int, default=40, help="test images (default 40)")
     parser.add_argument("--size", type=int, default=512, help="image side in px (default 512)")
-    parser.add_argument("--epochs", type=int, help="epochs for both networks (default: preset)")
+    parser.add_argument("--epochs", type=int,
+                        help="epochs for both networks (default: classifier 30, U-Net 15, no "
+                             "self-training round, to stay within minutes; the fast preset "
+                             "itself uses 40, 30 and one round)")
     parser.add_argument("--seed", type=int, default=1, help="seed of the training set")
     parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda", "mps"))
     parser.add_argument("--no-viewer", action="store_true", help="do not open napari")
@@ -61,7 +64,11 @@ def run(args: argparse.Namespace) -> int:
     _step(["synth", str(test), "--n", str(args.n_test), "--size", str(args.size),
            "--seed", str(args.seed + 1000), *quiet])
     print("2/4 training ScoreCAM-U-Net (preset fast)")
-    epochs = ["--epochs", str(args.epochs)] if args.epochs is not None else []
+    if args.epochs is not None:
+        epochs = ["--epochs", str(args.epochs)]
+    else:
+        epochs = ["--set", "classifier_epochs=30", "--set", "unet_epochs=15",
+                  "--set", "self_training_rounds=0"]
     _step(["train", "--images", str(train / "images"), "--labels", str(train / "labels.csv"),
            "--out", str(model), "--preset", "fast", "--device", args.device, *epochs, *quiet])
     print("3/4 predicting the test images")

@@ -55,7 +55,7 @@ def format_event(event: ProgressEvent) -> str:
     parts = [event.message]
     for key in ("val_loss", "val_f1", "val_iou", "pseudo_label_threshold",
                 "pseudo_mask_mean_fraction"):
-        if key in event.metrics and event.metrics[key] is not None:
+        if key in event.metrics and event.metrics[key] is not None and key not in event.message:
             parts.append(f"{key} {event.metrics[key]:.4f}")
     return "  ".join(parts)
 

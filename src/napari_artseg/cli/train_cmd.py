@@ -36,6 +36,13 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     parser.add_argument("--masks", help="folder of curated masks <key>.tif")
     parser.add_argument("--init", help="model folder to fine-tune from")
     parser.add_argument("--seed", type=int, help="random seed")
+    parser.add_argument("--from-scratch", action="store_true",
+                        help="with --project and curated masks: train new networks instead of "
+                             "fine-tuning the current model")
+    parser.add_argument("--holdout-fraction", type=float, default=None, metavar="F",
+                        help="with --project: share of curated masks held out to compare models "
+                             "(chosen once, kept in project.json; default 0.2, only with at least "
+                             "5 masks)")
     parser.add_argument("--quiet", action="store_true", help="no progress output")
     parser.set_defaults(run=run)
 
@@ -111,6 +118,11 @@ def run(args: argparse.Namespace) -> int:
         images, labels_path = project.image_folder, project.labels_path
         out = Path(args.out) if args.out else project.models_dir / model_folder_name(config.method)
         masks = args.masks or (project.masks_dir if project.masks_dir.is_dir() else None)
+        if not args.masks:
+            from ..retrain import curated_images
+
+            if curated_images(project):
+                return run_retrain(args, project, config, out)
     elif args.images and args.labels and args.out:
         images, labels_path, out = Path(args.images), Path(args.labels), Path(args.out)
         masks = args.masks
@@ -134,4 +146,27 @@ def run(args: argparse.Namespace) -> int:
     if project is not None:
         project.set_current_model(folder)
         print(f"{folder.name} is now the project's current model")
+    return 0
+
+
+def run_retrain(args: argparse.Namespace, project: Any, config: ArtSegConfig, out: Path) -> int:
+    """``train --project`` with curated masks: the MDL retrain with held-out before/after IoU."""
+    from ..atomic import remove_stale_temporaries
+    from ..retrain import HOLDOUT_FRACTION, retrain
+
+    remove_stale_temporaries(out.parent)
+    if out.exists():
+        raise ArtSegError(f"{out}: already exists; choose a new model folder")
+    fraction = HOLDOUT_FRACTION if args.holdout_fraction is None else args.holdout_fraction
+    if not 0 < fraction < 1:
+        raise ArtSegError("--holdout-fraction must be between 0 and 1")
+    generator = retrain(project, config, out, from_scratch=args.from_scratch,
+                        holdout_fraction=fraction, init=args.init)
+    report = run_with_progress(generator, quiet=args.quiet)
+    document = json.loads((report.model / "config.json").read_text(encoding="utf-8"))
+    print(f"model {document['model_id']} written to {report.model}")
+    print("thresholds: " + ", ".join(f"{k} {v:.4g}" for k, v in document["thresholds"].items()))
+    print(report.text())
+    project.set_current_model(report.model)
+    print(f"{report.model.name} is now the project's current model")
     return 0

@@ -12,7 +12,7 @@ from ..config import ArtSegConfig
 from ..device import autocast
 from ..metrics import classification_counts
 from ..models import ResNetClassifier
-from .data import TrainingItem, balanced_indices, d4, global_view
+from .data import TrainingItem, d4, epoch_order, global_view
 from .events import ProgressEvent
 from .loop import FitResult, fit
 
@@ -69,11 +69,7 @@ def train_classifier(
     n_batches = max(1, -(-len(train_idx) // config.batch_size))
 
     def batches(epoch: int):
-        if config.balance_classes:
-            drawn = balanced_indices(train_labels, len(train_idx), generator)
-            order = [train_idx[i] for i in drawn]
-        else:
-            order = [train_idx[i] for i in torch.randperm(len(train_idx), generator=generator)]
+        order = epoch_order(train_idx, train_labels, config.balance_classes, generator)
         for start in range(0, len(order), config.batch_size):
             chosen = order[start:start + config.batch_size]
             x = views[chosen]

@@ -141,6 +141,15 @@ def balanced_indices(labels: list[int], n: int, generator: torch.Generator) -> l
     return torch.multinomial(weights, n, replacement=True, generator=generator).tolist()
 
 
+def epoch_order(
+    train_idx: list[int], labels: list[int], balance: bool, generator: torch.Generator
+) -> list[int]:
+    """One epoch's training order: class-balanced draws with replacement, or a permutation."""
+    if balance:
+        return [train_idx[i] for i in balanced_indices(labels, len(train_idx), generator)]
+    return [train_idx[i] for i in torch.randperm(len(train_idx), generator=generator)]
+
+
 def d4(tensor: torch.Tensor, k: int) -> torch.Tensor:
     """Apply element ``k`` (0-7) of the square's symmetry group to the last two dims.
 

@@ -12,7 +12,7 @@ from ..config import ArtSegConfig
 from ..device import autocast
 from ..models import UNet
 from ..tiling import predict_tiled
-from .data import TrainingItem, balanced_indices, d4, random_crop
+from .data import TrainingItem, d4, epoch_order, random_crop
 from .events import ProgressEvent
 from .loop import FitResult, fit
 
@@ -102,11 +102,7 @@ def train_unet(
         return image, target, weight
 
     def batches(epoch: int):
-        if config.balance_classes:
-            drawn = balanced_indices(train_labels, len(train_idx), generator)
-            order = [train_idx[i] for i in drawn]
-        else:
-            order = [train_idx[i] for i in torch.randperm(len(train_idx), generator=generator)]
+        order = epoch_order(train_idx, train_labels, config.balance_classes, generator)
         for start in range(0, len(order), config.batch_size):
             crops = [sample(i) for i in order[start:start + config.batch_size]]
             yield tuple(torch.stack(parts) for parts in zip(*crops, strict=True))

@@ -1,0 +1,111 @@
+"""Retrain from curated masks: fixed held-out set, before/after IoU, manifests, curated weights."""
+
+from __future__ import annotations
+
+import csv
+import json
+import shutil
+
+import numpy as np
+import pytest
+
+from napari_artseg.cli import main
+from napari_artseg.curation import CuratedMasks, MaskEdit
+from napari_artseg.image_files import read_mask
+from napari_artseg.project import Project
+from napari_artseg.retrain import (
+    HELD_OUT_SETTING,
+    curated_images,
+    held_out_set,
+    inherit_architecture,
+)
+
+
+def _project(tiny_dataset, tmp_path, model=None, n_masks=6):
+    images = tmp_path / "images"
+    shutil.copytree(tiny_dataset / "images", images)
+    project = Project.create(images)
+    shutil.copyfile(tiny_dataset / "labels.csv", project.labels_path)
+    if model is not None:
+        shutil.copytree(model, project.models_dir / "20000101T000000Z-tiny")
+        project.set_current_model("20000101T000000Z-tiny")
+    curated = CuratedMasks(project.masks_dir)
+    labels = project.labels.labels
+    chosen = [k for k in labels if labels[k] == "artifact"][:n_masks - 1] + \
+        [k for k in labels if labels[k] == "clean"][:1]
+    for key in chosen:
+        truth = read_mask(tiny_dataset / "masks" / key)
+        curated.save(MaskEdit(key, "prediction", np.zeros_like(truth), "abc"), truth)
+    return project
+
+
+def test_held_out_set_is_fixed_in_project_json(tiny_dataset, tmp_path):
+    project = _project(tiny_dataset, tmp_path, n_masks=6)
+    assert len(curated_images(project)) == 6
+    held = held_out_set(project, fraction=0.34, minimum=5)
+    assert len(held) == 2
+    reopened = Project.open(project.folder)
+    assert reopened.settings[HELD_OUT_SETTING] == held
+    # more masks later: the set stays the same, so retrains stay comparable
+    extra = [k for k, v in reopened.labels.labels.items() if v == "artifact"][-1]
+    CuratedMasks(reopened.masks_dir).save(MaskEdit(extra, "empty", np.zeros((96, 96), bool)),
+                                          np.ones((96, 96), bool))
+    assert held_out_set(reopened, fraction=0.34, minimum=5) == held
+
+
+def test_too_few_masks_hold_nothing_out(tiny_dataset, tmp_path):
+    project = _project(tiny_dataset, tmp_path, n_masks=3)
+    assert held_out_set(project, minimum=5) == []
+    assert HELD_OUT_SETTING not in Project.open(project.folder).settings
+
+
+def test_inherit_architecture_takes_the_parents_networks():
+    from napari_artseg.config import preset
+
+    mixed = inherit_architecture(preset("fast", unet_epochs=3), preset("tiny"))
+    assert mixed.unet_width == 4 and mixed.input_size == 64 and mixed.unet_epochs == 3
+
+
+def test_cli_retrain_reports_before_after_and_manifests(tiny_dataset, tiny_model, tmp_path,
+                                                        capsys, monkeypatch):
+    from napari_artseg.training import segmenter
+
+    weights = []
+    original = segmenter.segmentation_loss
+
+    def recording(logits, target, weight, dice_weight=0.0):
+        weights.append((float(weight.max()), dice_weight))
+        return original(logits, target, weight, dice_weight)
+
+    monkeypatch.setattr(segmenter, "segmentation_loss", recording)
+    project = _project(tiny_dataset, tmp_path, tiny_model, n_masks=6)
+    code = main(["train", "--project", str(project.folder), "--preset", "tiny", "--epochs", "1",
+                 "--set", "self_training_rounds=0", "--quiet"])
+    captured = capsys.readouterr()
+    assert code == 0, captured.err
+    assert "held-out IoU (1 masks): before" in captured.out and "-> after" in captured.out
+    reopened = Project.open(project.folder)
+    held = reopened.settings[HELD_OUT_SETTING]
+    folder = reopened.models_dir / reopened.current_model
+    assert folder.name != "20000101T000000Z-tiny"
+    report = json.loads((folder / "retrain_report.json").read_text())
+    assert report["parent"] == "20000101T000000Z-tiny" and report["held_out"] == held
+    assert report["before"]["summary"]["pixel_iou"] is not None
+    assert report["after"]["summary"]["pixel_iou"] is not None
+    assert len(report["after"]["curve"]["thresholds"]) == len(report["after"]["curve"]["recall"])
+    # the pipeline's manifest: curated masks where present, pseudo-labels / zeros elsewhere
+    rows = {r["image"]: r for r in csv.DictReader(open(folder / "manifest.csv", newline=""))}
+    curated = set(curated_images(reopened))
+    assert not set(held) & set(rows)  # held-out images never train
+    for image, row in rows.items():
+        expected = "curated" if image in curated else (
+            "pseudo" if row["label"] == "artifact" else "zero")
+        assert row["target"] == expected, image
+    masks = list(csv.DictReader(open(folder / "masks_manifest.csv", newline="")))
+    assert {r["image"] for r in masks} == curated
+    assert {r["image"] for r in masks if r["role"] == "held_out"} == set(held)
+    assert all(len(r["sha256"]) == 64 and r["provenance"] in ("corrected", "predicted")
+               for r in masks)
+    # the loss saw curated pixels weighted more heavily, with the Dice term on
+    assert max(w for w, _ in weights) == pytest.approx(4.0)
+    assert {d for _, d in weights} == {1.0}
