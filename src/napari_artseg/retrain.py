@@ -37,7 +37,7 @@ from .model_files import read_model_document, rows_to_csv
 from .provenance import ProvenanceTable
 from .training.data import mask_path_for
 from .training.events import ProgressEvent
-from .training_job import TrainingFailed, TrainingJob, advice_for
+from .training_job import TrainingJob
 
 HELD_OUT_SETTING = "held_out_masks"
 #: Fewer curated masks than this: none is held out (all of them train).
@@ -415,28 +415,11 @@ class RetrainJob(TrainingJob):
         self.from_scratch = from_scratch
         self.report: RetrainReport | None = None
 
-    def events(self) -> Generator[ProgressEvent, None, Path]:
-        """Run :func:`retrain`: yields its events, returns the model folder.
+    def _pipeline(self) -> Generator[ProgressEvent, None, RetrainReport]:
+        """The MDL retrain generator (see :func:`retrain`)."""
+        return retrain(self.project, self.config, self.out, self.from_scratch)
 
-        Raises
-        ------
-        TrainingFailed
-            On any error, with a message saying what to do.
-        """
-        self._events = retrain(self.project, self.config, self.out, self.from_scratch)
-        try:
-            while True:
-                try:
-                    event = next(self._events)
-                except StopIteration as stop:
-                    self.report = stop.value
-                    return self.report.model
-                if self.device is None and "device" in event.metrics:
-                    self.device = str(event.metrics["device"])
-                self._recorder.add(event)
-                yield event
-        except Exception as exc:  # every error becomes one line saying what to do
-            raise TrainingFailed(advice_for(exc)) from exc
-        finally:
-            self._events.close()
-            self.write_curves()
+    def _finish(self, result: RetrainReport) -> Path:
+        """Keep the report; the model folder is its ``model``."""
+        self.report = result
+        return result.model

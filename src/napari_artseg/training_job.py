@@ -108,6 +108,15 @@ class TrainingJob:
         masks = project.masks_dir if project.masks_dir.is_dir() else None
         return cls(project.image_folder, labels, project.models_dir, config, masks)
 
+    def _pipeline(self) -> Generator[ProgressEvent, None, Any]:
+        """The core generator this job runs."""
+        return train_pipeline(self.image_folder, self.labels, self.out, self.config,
+                              masks_dir=self.masks_dir)
+
+    def _finish(self, result: Any) -> Path:
+        """The model folder, from what the core generator returned."""
+        return result
+
     def events(self) -> Generator[ProgressEvent, None, Path]:
         """Run the pipeline: yields its events, returns the model folder.
 
@@ -118,14 +127,13 @@ class TrainingJob:
             such as CUDA out-of-memory is converted too, so a worker thread
             reports it as an error).
         """
-        self._events = train_pipeline(self.image_folder, self.labels, self.out, self.config,
-                                      masks_dir=self.masks_dir)
+        self._events = self._pipeline()
         try:
             while True:
                 try:
                     event = next(self._events)
                 except StopIteration as stop:
-                    return stop.value
+                    return self._finish(stop.value)
                 if self.device is None and "device" in event.metrics:
                     self.device = str(event.metrics["device"])
                 self._recorder.add(event)

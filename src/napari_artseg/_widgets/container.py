@@ -11,17 +11,17 @@ from __future__ import annotations
 
 from typing import Any
 
-from qtpy.QtCore import QEvent
 from qtpy.QtWidgets import QTabWidget
 
 from ..project import Project
 from .export_widget import ExportWidget
 from .labelling import LabellingWidget
+from .lifecycle import ReleaseOnUndock
 from .predict import PredictWidget
 from .training import TrainingWidget
 
 
-class ArtSegWidget(QTabWidget):
+class ArtSegWidget(ReleaseOnUndock, QTabWidget):
     """Label -> train -> predict -> correct in one dock, on one project.
 
     Parameters
@@ -54,7 +54,6 @@ class ArtSegWidget(QTabWidget):
         self.predict.image_requested.connect(self.labelling.go_to_image)
         self.export.filled.connect(self._on_images_added)
         self._released = False
-        self._had_parent = False
 
     @property
     def project(self) -> Project | None:
@@ -90,17 +89,3 @@ class ArtSegWidget(QTabWidget):
         self.export.release()
         self.training.release()
         self.labelling.release()
-
-    def closeEvent(self, event: Any) -> None:
-        """Release everything when the widget is closed."""
-        self.release()
-        super().closeEvent(event)
-
-    def event(self, event: Any) -> bool:
-        """Release when napari takes the widget out of its dock (dock closed)."""
-        if event.type() == QEvent.Type.ParentChange:
-            if self.parent() is not None:
-                self._had_parent = True
-            elif self._had_parent:
-                self.release()
-        return super().event(event)

@@ -12,7 +12,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from qtpy.QtCore import QEvent, QTimer, Signal
+from qtpy.QtCore import QTimer, Signal
 from qtpy.QtWidgets import QFileDialog, QWidget
 
 from ..errors import ArtSegError
@@ -23,6 +23,7 @@ from .keys import LABELLING_KEYS, KeyBinder
 from .label_overlay import LabelOverlay
 from .labelling_layout import build_labelling_ui
 from .layer_sources import LayerLabelling
+from .lifecycle import ReleaseOnUndock, show_status
 from .navigation import FILTERS, ImageNavigator
 
 #: Images read ahead of the current one (within the byte budget).
@@ -31,7 +32,7 @@ IMAGE_LAYER_NAME = "artseg image"
 SESSION_SAVE_DELAY_MS = 1000
 
 
-class LabellingWidget(QWidget):
+class LabellingWidget(ReleaseOnUndock, QWidget):
     """Label the images of a project one keypress at a time.
 
     Parameters
@@ -64,7 +65,6 @@ class LabellingWidget(QWidget):
         self.shown_image: str | None = None
         self._waiting_for: str | None = None
         self._released = False
-        self._had_parent = False
         self._keys = KeyBinder(LABELLING_KEYS, self)
         self.selector = ActiveSelector("label")
         self.selector.picked.connect(self.go_to_image)
@@ -393,12 +393,7 @@ class LabellingWidget(QWidget):
 
     def show_message(self, text: str, error: bool = False, notify: bool | None = None) -> None:
         """Show a message under the buttons (and as a napari notification for errors)."""
-        self.status_label.setText(text)
-        self.status_label.setStyleSheet("color: #ff6060;" if error else "")
-        if text and (error if notify is None else notify):
-            from napari.utils.notifications import show_error, show_warning
-
-            (show_error if error else show_warning)(text)
+        show_status(self.status_label, text, error, notify)
 
     # ------------------------------------------------------------------ closing
     def save_session(self) -> None:
@@ -427,17 +422,3 @@ class LabellingWidget(QWidget):
         self._layers.stop()
         self.overlay.hide()
         self.viewer.layers.events.removed.disconnect(self._on_layer_removed)
-
-    def closeEvent(self, event: Any) -> None:
-        """Release the keys when the widget is closed."""
-        self.release()
-        super().closeEvent(event)
-
-    def event(self, event: Any) -> bool:
-        """Release the keys when napari takes the widget out of its dock (dock closed)."""
-        if event.type() == QEvent.Type.ParentChange:
-            if self.parent() is not None:
-                self._had_parent = True
-            elif self._had_parent:
-                self.release()
-        return super().event(event)

@@ -33,6 +33,7 @@ from ..prediction_cache import (
 from ..project import Project
 from .active_keys import ActiveSelector
 from .keys import CORRECTION_KEYS, KeyBinder
+from .lifecycle import show_status
 from .predict_layout import build_predict_ui
 from .prediction_layers import PredictionLayers
 
@@ -323,12 +324,7 @@ class PredictWidget(QWidget):
 
     def show_message(self, text: str, error: bool = False) -> None:
         """Show a message (and a napari notification for errors)."""
-        self.status_label.setText(text)
-        self.status_label.setStyleSheet("color: #ff6060;" if error else "")
-        if error and text:
-            from napari.utils.notifications import show_error
-
-            show_error(text)
+        show_status(self.status_label, text, error)
 
     # ------------------------------------------------------------------ closing
     def release(self) -> None:

@@ -20,6 +20,7 @@ from ..project import Project
 from ..training.events import ProgressEvent
 from ..training_curves import CurveRecorder
 from ..training_job import TrainingJob, advice_for, warm_up
+from .lifecycle import show_status
 from .loss_plot import LossPlot
 from .stage_progress import StageProgress
 from .training_settings import TrainingSettings
@@ -275,12 +276,7 @@ class TrainingWidget(QWidget):
 
     def show_message(self, text: str, error: bool = False) -> None:
         """Show a message under the plot (and as a napari notification for errors)."""
-        self.status_label.setText(text)
-        self.status_label.setStyleSheet("color: #ff6060;" if error else "")
-        if error and text:
-            from napari.utils.notifications import show_error
-
-            show_error(text)
+        show_status(self.status_label, text, error)
 
     # ------------------------------------------------------------------ closing
     def release(self) -> None:
