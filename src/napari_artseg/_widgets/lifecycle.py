@@ -31,7 +31,7 @@ def show_status(label: QLabel, text: str, error: bool = False, notify: bool | No
 
 
 class ReleaseOnUndock:
-    """Mixin for a QWidget with a ``release()`` method: release on close and on undocking.
+    """Mixin for a QWidget that defines ``release()``: call it on close and on undocking.
 
     napari removes a dock widget by taking it out of its dock (a parent change),
     without closing it, so both events release the keys, workers and layers.
@@ -39,10 +39,6 @@ class ReleaseOnUndock:
     """
 
     _had_parent = False
-
-    def release(self) -> None:  # pragma: no cover - always overridden
-        """Give back keys, workers and memory."""
-        raise NotImplementedError
 
     def closeEvent(self, event: Any) -> None:
         """Release everything when the widget is closed."""
