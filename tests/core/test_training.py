@@ -130,3 +130,11 @@ def test_out_of_memory_retries_in_smaller_micro_batches_then_explains():
     assert net.weight.item() == pytest.approx(0.8)  # one full-batch gradient step
     with pytest.raises(ArtSegError, match="out of cpu memory"):
         train_step(Flaky(limit=0), optimizer, batch, loss_fn, torch.device("cpu"), amp=False)
+
+
+def test_self_training_is_skipped_when_every_target_is_a_curated_mask(tiny_dataset, labels,
+                                                                       tmp_path):
+    events, _ = run_all(train_pipeline(tiny_dataset / "images", labels, tmp_path / "m",
+                                       preset("tiny"), masks_dir=tiny_dataset / "masks"))
+    stages = {e.stage for e in events}
+    assert "unet" in stages and not {"self_training", "unet_finetune"} & stages

@@ -206,7 +206,8 @@ def train_pipeline(
         unet, fit_u = yield from train_unet(items, train_idx, val_idx, config, device, unet,
                                             fine_tune_lr)
         tables["history_unet"] = fit_u.history
-        for round_ in range(1, config.self_training_rounds + 1):
+        rounds = config.self_training_rounds if maps else 0  # nothing pseudo-labelled: skip
+        for round_ in range(1, rounds + 1):
             yield ProgressEvent("self_training", kind="stage",
                                 message=f"self-training round {round_}: U-Net targets")
             pseudo_report.update((yield from refresh_pseudo_targets(unet, items, config, device)))
