@@ -9,7 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from qtpy.QtCore import Qt, Signal
+from qtpy.QtCore import Signal
 from qtpy.QtWidgets import (
     QCheckBox,
     QComboBox,
@@ -18,7 +18,6 @@ from qtpy.QtWidgets import (
     QLabel,
     QLineEdit,
     QProgressBar,
-    QPushButton,
     QVBoxLayout,
     QWidget,
 )
@@ -27,14 +26,7 @@ from ..background_fill import FillResult, fill_project
 from ..export import EXPORT_FOLDER, ExportOptions, ExportReport, export_project
 from ..project import Project
 from ..training.events import ProgressEvent
-
-
-def _button(text: str, tip: str, slot: Any) -> QPushButton:
-    button = QPushButton(text)
-    button.setToolTip(tip)
-    button.setFocusPolicy(Qt.FocusPolicy.NoFocus)
-    button.clicked.connect(slot)
-    return button
+from .lifecycle import make_button
 
 
 class ExportWidget(QWidget):
@@ -79,10 +71,10 @@ class ExportWidget(QWidget):
         form.addRow("Well pattern", self.well_edit)
         form.addRow(self.model_box)
         layout.addLayout(form)
-        self.export_button = _button("Export", "Masks, artifact-free images, keep masks, QC "
+        self.export_button = make_button("Export", "Masks, artifact-free images, keep masks, QC "
                                      "tables (per image, well, plate) and the model",
                                      self.export)
-        self.fill_button = _button("Make clean images from curated masks",
+        self.fill_button = make_button("Make clean images from curated masks",
                                    "Fill each curated artifact with a polynomial background plus "
                                    "noise; the results go to <images>/filled/, labelled clean",
                                    self.fill)

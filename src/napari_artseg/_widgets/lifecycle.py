@@ -4,8 +4,17 @@ from __future__ import annotations
 
 from typing import Any
 
-from qtpy.QtCore import QEvent
-from qtpy.QtWidgets import QLabel
+from qtpy.QtCore import QEvent, Qt
+from qtpy.QtWidgets import QLabel, QPushButton
+
+
+def make_button(text: str, tip: str, slot: Any) -> QPushButton:
+    """A push button that never takes keyboard focus (keys keep going to the canvas)."""
+    button = QPushButton(text)
+    button.setToolTip(tip)
+    button.setFocusPolicy(Qt.FocusPolicy.NoFocus)
+    button.clicked.connect(slot)
+    return button
 
 
 def show_status(label: QLabel, text: str, error: bool = False, notify: bool | None = None) -> None:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from typing import Any
 
-from qtpy.QtCore import Qt
 from qtpy.QtWidgets import (
     QCheckBox,
     QComboBox,
@@ -13,22 +12,14 @@ from qtpy.QtWidgets import (
     QHBoxLayout,
     QLabel,
     QProgressBar,
-    QPushButton,
     QSpinBox,
     QVBoxLayout,
 )
 
 from .evaluation_panel import EvaluationPanel
 from .keys import CORRECTION_KEYS, KeyCommand
+from .lifecycle import make_button
 from .threshold_control import ThresholdControl
-
-
-def _button(text: str, tip: str, slot: Any) -> QPushButton:
-    button = QPushButton(text)
-    button.setToolTip(tip)
-    button.setFocusPolicy(Qt.FocusPolicy.NoFocus)  # keys keep going to the canvas
-    button.clicked.connect(slot)
-    return button
 
 
 def build_predict_ui(self: Any) -> None:
@@ -48,12 +39,12 @@ def build_predict_ui(self: Any) -> None:
     layout.addLayout(form)
 
     keyed = {a.method: a for a in CORRECTION_KEYS}
-    self.predict_button = _button(keyed["predict_current"].button_text,
+    self.predict_button = make_button(keyed["predict_current"].button_text,
                                   keyed["predict_current"].tooltip,
                                   KeyCommand(self.predict_current))
-    self.predict_all_button = _button("Predict all images", "Run the model on every project "
+    self.predict_all_button = make_button("Predict all images", "Run the model on every project "
                                       "image (cached in predictions/)", self.predict_all)
-    self.cancel_button = _button("Cancel", "Stop after the current image", self.cancel)
+    self.cancel_button = make_button("Cancel", "Stop after the current image", self.cancel)
     self.cancel_button.setEnabled(False)
     row = QHBoxLayout()
     for button in (self.predict_button, self.predict_all_button, self.cancel_button):
@@ -91,13 +82,13 @@ def build_predict_ui(self: Any) -> None:
     layout.addWidget(self.ungated_box)
 
     grid = QGridLayout()
-    self.accept_button = _button(keyed["accept_mask"].button_text, keyed["accept_mask"].tooltip,
+    self.accept_button = make_button(keyed["accept_mask"].button_text, keyed["accept_mask"].tooltip,
                                  KeyCommand(self.accept_mask))
-    self.draw_button = _button("Draw mask from scratch", "An empty mask to paint with napari's "
+    self.draw_button = make_button("Draw mask from scratch", "An empty mask to paint with napari's "
                                "brush (P), eraser (E) and fill (F)", self.draw_from_scratch)
-    self.reset_button = _button("Reset mask to prediction", "Drop the edits: the mask from the "
+    self.reset_button = make_button("Reset mask to prediction", "Drop the edits: the mask from the "
                                 "probability map at this threshold", self.reset_mask)
-    self.next_mask_button = _button(keyed["next_most_useful_mask"].button_text,
+    self.next_mask_button = make_button(keyed["next_most_useful_mask"].button_text,
                                     keyed["next_most_useful_mask"].tooltip,
                                     KeyCommand(self.next_most_useful_mask))
     grid.addWidget(self.accept_button, 0, 0, 1, 2)
