@@ -56,7 +56,8 @@ def test_byte_budget_bounds_cache_and_reads(tmp_path):
     wait_for(lambda: len(cache.cached_paths()) == 3)
     time.sleep(0.05)
     assert cache.cached_bytes <= 3 * one
-    assert [p.name for p in cache.cached_paths()] == ["img_0.tif", "img_1.tif", "img_2.tif"]
+    # two reader threads: completion order varies, the set of cached images must not
+    assert sorted(p.name for p in cache.cached_paths()) == ["img_0.tif", "img_1.tif", "img_2.tif"]
     assert len(log) == 3  # nothing beyond the budget was read
     cache.want(files[5:])  # user moved on: old images make room
     wait_for(lambda: set(cache.cached_paths()) == set(files[5:8]))
