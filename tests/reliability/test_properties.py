@@ -1,4 +1,4 @@
-"""Property-based tests (hypothesis): labels store, tiling and resizing, metrics.
+"""Property-based tests (hypothesis): labels store, tiling and resizing, metrics, background fill.
 
 Deadlines are off (wall-clock limits flake on a shared 2-core machine) and the
 number of examples is bounded so the suite stays fast.
@@ -14,6 +14,7 @@ from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 from scipy import ndimage
 
+from napari_artseg.background_fill import fill_artifacts, fit_background
 from napari_artseg.label_store import LabelStore
 from napari_artseg.labels_file import LABEL_WORDS, format_labels_csv, parse_labels_csv
 from napari_artseg.large_images import Upsampler, _AreaAccumulator
@@ -219,3 +220,57 @@ def test_classification_counts_match_brute_force(pairs):
     assert result["fp"] == sum(p and not t for p, t in pairs)
     assert result["fn"] == sum(t and not p for p, t in pairs)
     assert result["tn"] == sum(not p and not t for p, t in pairs)
+
+
+@st.composite
+def polynomial_images(draw):
+    """A second-order polynomial surface, a mask over part of it, and junk under the mask."""
+    h, w = draw(st.integers(3, 40)), draw(st.integers(3, 40))
+    coef = draw(arrays(np.float64, 6, elements=st.floats(-100, 100)))
+    seed = draw(st.integers(0, 2**31 - 1))
+    rng = np.random.default_rng(seed)
+    mask = rng.random((h, w)) < draw(st.floats(0.0, 0.6))
+    y, x = np.mgrid[0:h, 0:w].astype(np.float64)
+    y, x = 2 * y / (h - 1) - 1, 2 * x / (w - 1) - 1
+    surface = (coef[0] + coef[1] * x + coef[2] * y + coef[3] * x * x + coef[4] * x * y
+               + coef[5] * y * y)
+    image = np.where(mask, rng.normal(0, 1000, (h, w)), surface)
+    return image, mask, surface, seed
+
+
+@SETTINGS
+@given(polynomial_images())
+def test_background_fit_recovers_any_second_order_surface(case):
+    image, mask, surface, seed = case
+    if (~mask).sum() < 12 or np.linalg.matrix_rank(_terms_of(~mask)) < 6:
+        return  # too few or degenerate background pixels: the fit is not determined
+    background, residuals = fit_background(image, mask, order=2, seed=seed)
+    scale = 1 + np.abs(surface).max()
+    assert np.abs(background - surface).max() <= 1e-6 * scale
+    assert np.abs(residuals).max() <= 1e-6 * scale
+
+
+def _terms_of(keep: np.ndarray) -> np.ndarray:
+    rows, cols = np.nonzero(keep)
+    return np.stack([np.ones(rows.size), cols, rows, cols**2, cols * rows, rows**2], axis=1)
+
+
+@SETTINGS
+@given(polynomial_images(), st.integers(0, 3))
+def test_fill_changes_only_masked_pixels_and_stays_finite(case, dilate_px):
+    image, mask, _, seed = case
+    grown = ndimage.binary_dilation(mask, np.ones((3, 3), bool), iterations=dilate_px) \
+        if dilate_px and mask.any() else mask
+    if (~grown).sum() < 6:
+        return  # nothing left to fit a background to
+    try:
+        filled = fill_artifacts(image, mask, order=2, seed=seed, dilate_px=dilate_px)
+    except ValueError as exc:  # collinear background pixels: refused with a message
+        assert "background" in str(exc) or "polynomial" in str(exc)
+        return
+    assert filled.shape == image.shape and filled.dtype == np.float32
+    assert np.isfinite(filled).all()
+    region = ~np.isclose(filled, image.astype(np.float32), rtol=0, atol=0)
+    from napari_artseg.background_fill import dilate
+
+    assert not (region & ~dilate(mask, dilate_px)).any()
