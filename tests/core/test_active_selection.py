@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from generator_helpers import drain
 
 from napari_artseg.active_selection import (
     classifier_uncertainty,
@@ -16,14 +17,6 @@ from napari_artseg.active_selection import (
     score_unlabelled,
 )
 from napari_artseg.prediction_cache import CachedPrediction, PredictionCache
-
-
-def _drain(generator):
-    try:
-        while True:
-            next(generator)
-    except StopIteration as stop:
-        return stop.value
 
 
 def test_classifier_uncertainty_peaks_at_the_gate():
@@ -58,7 +51,7 @@ def test_score_unlabelled_uses_the_classifier(tiny_dataset, tiny_model):
 
     model = ArtSegModel.load(tiny_model, device="cpu")
     images = ["synth_0000.tif", "synth_0001.tif", "missing.tif"]
-    scores = _drain(score_unlabelled(lambda: model, tiny_dataset / "images", images))
+    scores = drain(score_unlabelled(lambda: model, tiny_dataset / "images", images))
     assert set(scores) == set(images[:2]) and all(0 <= v <= 1 for v in scores.values())
 
 
@@ -69,5 +62,5 @@ def test_score_predictions_reads_the_cache(tmp_path):
     for name, prob, score in (("a.tif", sure, 0.01), ("b.tif", flat, 0.5)):
         item = CachedPrediction(name, prob, None, prob.copy(), score, score >= 0.5, 0.5, 0, "m1")
         cache.save(item, prob >= 0.5)
-    scores = _drain(score_predictions(tmp_path, "m1", ["a.tif", "b.tif", "c.tif"]))
+    scores = drain(score_predictions(tmp_path, "m1", ["a.tif", "b.tif", "c.tif"]))
     assert rank(scores) == ["b.tif", "a.tif"]

@@ -10,20 +10,13 @@ import zipfile
 import numpy as np
 import pytest
 import tifffile
+from generator_helpers import drain
 
 from napari_artseg.cli import main
 from napari_artseg.curation import CuratedMasks, MaskEdit
 from napari_artseg.export import ExportOptions, export_project
 from napari_artseg.image_files import read_image, read_mask
 from napari_artseg.project import Project
-
-
-def _drain(generator):
-    try:
-        while True:
-            next(generator)
-    except StopIteration as stop:
-        return stop.value
 
 
 @pytest.fixture
@@ -46,7 +39,7 @@ def project(tiny_dataset, tiny_model, tmp_path):
 
 def test_export_writes_every_file(project, tmp_path):
     out = tmp_path / "out"
-    report = _drain(export_project(project, out, ExportOptions(max_artifact_fraction=0.01),
+    report = drain(export_project(project, out, ExportOptions(max_artifact_fraction=0.01),
                                    device="cpu"))
     images = project.images()
     assert not report.errors and len(report.rows) == len(images)
@@ -88,7 +81,7 @@ def test_torchscript_unet_matches_the_model(project, tmp_path):
 
     from napari_artseg.predictor import ArtSegModel
 
-    _drain(export_project(project, tmp_path / "out", ExportOptions(images=[]), device="cpu"))
+    drain(export_project(project, tmp_path / "out", ExportOptions(images=[]), device="cpu"))
     folder = project.models_dir / "20000101T000000Z-tiny"
     scripted = torch.jit.load(str(tmp_path / "out" / "model" / folder.name / "unet.torchscript.pt"))
     model = ArtSegModel.load(folder, device="cpu")

@@ -1,0 +1,12 @@
+"""Helpers for tests that drive the core's progress generators."""
+
+from __future__ import annotations
+
+
+def drain(generator):
+    """Run a generator to its end and return its return value (events are dropped)."""
+    try:
+        while True:
+            next(generator)
+    except StopIteration as stop:
+        return stop.value
