@@ -15,6 +15,12 @@ from .errors import ArtSegError
 
 DEVICES = ("auto", "cpu", "cuda", "mps")
 WEIGHTINGS = ("probability", "softmax", "baseline")
+#: Every training method (code in :mod:`napari_artseg.methods`, described in docs/methods.md).
+METHODS = ("scorecam_unet", "supervised_unet", "scorecam", "ae_ssim", "padim", "patchsvdd",
+           "ensemble", "cdl")
+#: The methods trained on clean images only (adapters around ``methods.anomaly`` detectors).
+ANOMALY_METHODS = ("ae_ssim", "padim", "patchsvdd")
+POLARITIES = ("both", "dark", "bright")
 
 
 @dataclass
@@ -70,6 +76,24 @@ class ArtSegConfig:
     min_size_px: int | None = None
     min_size_um2: float | None = None
     pixel_size_um: float | None = None
+    # Ensemble: member method names (trained in the same run) or model folders (copied in),
+    # and their weights (empty: equal weights).
+    ensemble_members: list[str] = field(default_factory=lambda: ["scorecam_unet", "ae_ssim"])
+    ensemble_weights: list[float] = field(default_factory=list)
+    # Anomaly detectors: parameters over each detector's defaults, by method name, and the
+    # percentile of clean validation scores that the calibration maps to probability 0.5.
+    anomaly_params: dict[str, Any] = field(default_factory=dict)
+    anomaly_calibration_percentile: float = 99.0
+    # CDL: the conventional detector that labels every image (napari_artseg.conventional;
+    # sizes in full-resolution px; defaults chosen on a synthetic set, see docs/methods.md).
+    cdl_background_sigma: float = 25.0
+    cdl_flat_field: bool = True
+    cdl_smooth_sigma: float = 1.5
+    cdl_dog_sigma: float = 8.0
+    cdl_threshold: float = 10.0
+    cdl_low_threshold: float = 2.5
+    cdl_min_size_px: int = 50
+    cdl_polarity: str = "both"
     extra: dict[str, Any] = field(default_factory=dict)
 
     def validate(self) -> ArtSegConfig:
@@ -95,6 +119,8 @@ class ArtSegConfig:
              f"scorecam_weighting must be one of {', '.join(WEIGHTINGS)}"),
             (self.scorecam_batch_size >= 1, "scorecam_batch_size must be >= 1"),
             (self.self_training_rounds >= 0, "self_training_rounds must be >= 0"),
+            (self.method in METHODS, f"method must be one of {', '.join(METHODS)}"),
+            *self._method_checks(),
         ]
         for ok, message in checks:
             if not ok:
@@ -104,6 +130,33 @@ class ArtSegConfig:
             if value is not None and not 0 <= value <= 1:
                 raise ArtSegError(f"invalid setting: {name} must be between 0 and 1")
         return self
+
+    def _method_checks(self) -> list[tuple[bool, str]]:
+        """Checks of the other methods' settings (ensemble, anomaly, CDL)."""
+        members, weights = self.ensemble_members, self.ensemble_weights
+        params = self.anomaly_params
+        return [
+            (isinstance(members, list) and len(members) > 0
+             and all(isinstance(m, str) and m and m != "ensemble" for m in members),
+             "ensemble_members must be a non-empty list of method names or model folders "
+             "(not ensemble)"),
+            (isinstance(weights, list) and (not weights or len(weights) == len(members))
+             and all(_is_real(w) and w >= 0 for w in weights) and (not weights or sum(weights) > 0),
+             "ensemble_weights must be empty or one non-negative number per member, not all 0"),
+            (isinstance(params, dict) and all(k in ANOMALY_METHODS and isinstance(v, dict)
+                                              for k, v in params.items()),
+             f"anomaly_params must map {', '.join(ANOMALY_METHODS)} to objects"),
+            (0 < self.anomaly_calibration_percentile < 100,
+             "anomaly_calibration_percentile must be between 0 and 100"),
+            (self.cdl_background_sigma > 0, "cdl_background_sigma must be > 0"),
+            (self.cdl_smooth_sigma >= 0 and self.cdl_dog_sigma >= 0,
+             "cdl_smooth_sigma and cdl_dog_sigma must be >= 0"),
+            (0 < self.cdl_low_threshold <= self.cdl_threshold,
+             "cdl_low_threshold must be > 0 and <= cdl_threshold"),
+            (self.cdl_min_size_px >= 0, "cdl_min_size_px must be >= 0"),
+            (self.cdl_polarity in POLARITIES,
+             f"cdl_polarity must be one of {', '.join(POLARITIES)}"),
+        ]
 
     def to_dict(self) -> dict[str, Any]:
         """The config as a JSON-serialisable dict."""
@@ -149,7 +202,15 @@ def _coerce(name: str, value: Any, default: Any, source: str) -> Any:
         raise ArtSegError(f"{source}: setting {name} must be text, got {value!r}")
     if expected is dict and not isinstance(value, dict):
         raise ArtSegError(f"{source}: setting {name} must be an object, got {value!r}")
+    if expected is list and not isinstance(value, list):
+        raise ArtSegError(f"{source}: setting {name} must be a list, got {value!r}")
     return value
+
+
+def _is_real(value: Any) -> bool:
+    """A finite int or float (not a bool)."""
+    return (isinstance(value, int | float) and not isinstance(value, bool)
+            and value == value and abs(value) != float("inf"))
 
 
 PRESETS: dict[str, dict[str, Any]] = {

@@ -3,15 +3,18 @@
 A model is a folder::
 
     config.json               format_version, method, model_id, status, parent,
-                              config (every field), thresholds, versions, label
-                              counts, validation metrics
-    classifier.safetensors    weights (safetensors: loading runs no code)
-    unet.safetensors
+                              components, config (every field), thresholds, versions,
+                              label counts, validation metrics
+    <component>.safetensors   weights (safetensors: loading runs no code); which
+                              components a method has: METHOD_COMPONENTS
     history_<stage>.csv       per-epoch training curves
     manifest.csv              image, label, target (curated/pseudo/zero), split
     saliency/<key>.tif        Score-CAM map of each pseudo-labelled image (uint8, 0-255,
                               classifier view size)
     pseudo_labels/<key>.tif   its binarised pseudo-label (uint8 0/1, processing scale)
+    cdl_labels/<key>.tif      (cdl) the conventional detector's label (uint8 0/1, full size)
+    members/<name>/           (ensemble) each member's own model folder (config.json,
+                              weights and tables, no rasters)
 
 The folder is built under a temporary name and renamed when complete, so a
 model folder is complete or absent.
@@ -27,6 +30,8 @@ import json
 import math
 import os
 import platform
+import re
+import shutil
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
@@ -36,12 +41,25 @@ import torch
 
 from . import __version__
 from .atomic import atomic_folder, atomic_write_text
-from .config import ArtSegConfig
+from .config import METHODS, ArtSegConfig
 from .errors import ArtSegError, ModelFileError
 
 FORMAT_VERSION = 1
-METHODS = ("scorecam_unet",)
-COMPONENTS = ("classifier", "unet")
+#: The weight files (components) of a complete model folder of each method.
+METHOD_COMPONENTS: dict[str, tuple[str, ...]] = {
+    "scorecam_unet": ("classifier", "unet"),
+    "supervised_unet": ("unet",),
+    "scorecam": ("classifier",),
+    "ae_ssim": ("detector",),
+    "padim": ("detector",),
+    "patchsvdd": ("detector",),
+    "ensemble": ("ensemble",),
+    "cdl": ("unet",),
+}
+COMPONENTS = ("classifier", "unet", "detector", "ensemble")
+#: Files of a member folder copied into an ensemble (weights, config and tables only).
+MEMBER_FILE_SUFFIXES = (".json", ".safetensors", ".csv")
+_SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$")
 
 
 def package_versions() -> dict[str, str]:
@@ -52,11 +70,14 @@ def package_versions() -> dict[str, str]:
             "numpy": numpy.__version__, "python": platform.python_version()}
 
 
-def weights_id(paths: Iterable[Path]) -> str:
-    """A short hash of the weight files' bytes: the model's identity."""
+def weights_id(paths: Iterable[Path], root: Path | None = None) -> str:
+    """A short hash of the weight files' bytes: the model's identity.
+
+    Files are named by their path relative to ``root`` (by their name without it).
+    """
     digest = hashlib.sha256()
     for path in sorted(paths):
-        digest.update(path.name.encode())
+        digest.update((path.relative_to(root).as_posix() if root else path.name).encode())
         digest.update(path.read_bytes())
     return digest.hexdigest()[:16]
 
@@ -81,6 +102,7 @@ def save_model(
     tables: dict[str, list[dict[str, Any]]] | None = None,
     status: str = "complete",
     rasters: dict[str, np.ndarray] | None = None,
+    members: dict[str, Path] | None = None,
 ) -> Path:
     """Write a model folder atomically and return its path.
 
@@ -91,7 +113,8 @@ def save_model(
     config : ArtSegConfig
         The config it was trained with.
     networks : dict
-        ``{"classifier": ..., "unet": ...}`` (a partial model may lack the U-Net).
+        Component name -> network (its ``state_dict`` is saved) or a dict of tensors,
+        e.g. ``{"classifier": ..., "unet": ...}`` (a partial model may lack some).
     metadata : dict
         Extra top-level fields: thresholds, label_counts, validation_metrics,
         parent, pixel_size_um, ...
@@ -101,6 +124,10 @@ def save_model(
         ``complete`` or ``partial``.
     rasters : dict, optional
         ``{"relative/path.tif": array}`` written as TIFF inside the folder.
+    members : dict, optional
+        ``{name: model folder}`` copied to ``members/<name>/`` (ensembles; only the
+        files ending in :data:`MEMBER_FILE_SUFFIXES`, never links). Their weights
+        count in the model id.
     """
     from safetensors.torch import save_file
 
@@ -110,10 +137,13 @@ def save_model(
     with atomic_folder(folder) as tmp:
         weight_files = []
         for name, net in networks.items():
-            state = {k: v.detach().cpu().contiguous() for k, v in net.state_dict().items()}
+            tensors = net.state_dict() if isinstance(net, torch.nn.Module) else net
+            state = {k: v.detach().cpu().contiguous() for k, v in tensors.items()}
             path = tmp / f"{name}.safetensors"
             save_file(state, str(path))
             weight_files.append(path)
+        for name, source in (members or {}).items():
+            weight_files += _copy_member(Path(source), member_folder(tmp, name))
         for name, rows in (tables or {}).items():
             atomic_write_text(tmp / f"{name}.csv", rows_to_csv(rows))
         for relative, array in (rasters or {}).items():
@@ -121,7 +151,7 @@ def save_model(
         document = {
             "format_version": FORMAT_VERSION,
             "method": config.method,
-            "model_id": weights_id(weight_files),
+            "model_id": weights_id(weight_files, tmp if members else None),
             "status": status,
             "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
             "components": sorted(networks),
@@ -131,6 +161,26 @@ def save_model(
         }
         atomic_write_text(tmp / "config.json", json.dumps(document, indent=2, default=str))
     return folder
+
+
+def member_folder(folder: Path, name: str) -> Path:
+    """The folder of ensemble member ``name`` inside a model folder (names are checked)."""
+    if not isinstance(name, str) or not _SAFE_NAME.match(name) or ".." in name:
+        raise ModelFileError(f"{folder / 'config.json'}: invalid ensemble member name {name!r}")
+    return folder / "members" / name
+
+
+def _copy_member(source: Path, target: Path) -> list[Path]:
+    """Copy a member model's plain files (no links, no rasters); returns its weight files."""
+    target.mkdir(parents=True)
+    copied = []
+    for path in sorted(source.iterdir()):
+        if path.is_symlink() or not path.is_file() or path.suffix not in MEMBER_FILE_SUFFIXES:
+            continue
+        shutil.copyfile(path, target / path.name)
+        if path.suffix == ".safetensors":
+            copied.append(target / path.name)
+    return copied
 
 
 def read_model_document(folder: str | os.PathLike) -> dict[str, Any]:
@@ -162,12 +212,17 @@ def read_model_document(folder: str | os.PathLike) -> dict[str, Any]:
             f"{path}: model format {version} is newer than this napari-artseg supports "
             f"({FORMAT_VERSION}); upgrade napari-artseg"
         )
-    if document.get("method") not in METHODS:
-        raise ModelFileError(f"{path}: unknown method {document.get('method')!r}")
+    method = document.get("method")
+    if method not in METHODS:
+        raise ModelFileError(f"{path}: unknown method {method!r}; this napari-artseg knows "
+                             f"{', '.join(METHODS)}")
     try:
         document["config"] = ArtSegConfig.from_dict(document.get("config") or {}, str(path))
     except (ArtSegError, TypeError) as exc:
         raise ModelFileError(str(exc)) from None
+    if document["config"].method != method:
+        raise ModelFileError(f"{path}: method {method!r} but config.method "
+                             f"{document['config'].method!r}")
     _check_structure(document, path)
     return document
 
@@ -180,10 +235,16 @@ def _is_number(value: Any) -> bool:
 
 def _check_structure(document: dict[str, Any], path: Path) -> None:
     """Validate ``components`` and ``thresholds`` of a config.json before use."""
+    method = document["method"]
+    allowed = METHOD_COMPONENTS[method]
     components = document.get("components", [])
-    if not isinstance(components, list) or not all(c in COMPONENTS for c in components):
-        allowed = ", ".join(COMPONENTS)
-        raise ModelFileError(f"{path}: components must be a list drawn from {allowed}")
+    if not isinstance(components, list) or not all(c in allowed for c in components):
+        raise ModelFileError(f"{path}: components of a {method} model must be a list drawn "
+                             f"from {', '.join(allowed)}, got {components!r}")
+    missing = [c for c in allowed if c not in components]
+    if document.get("status") == "complete" and missing:
+        raise ModelFileError(f"{path}: a complete {method} model needs the component(s) "
+                             f"{', '.join(missing)}")
     thresholds = document.get("thresholds", {})
     if not isinstance(thresholds, dict):
         raise ModelFileError(f"{path}: thresholds must be an object")
@@ -192,6 +253,26 @@ def _check_structure(document: dict[str, Any], path: Path) -> None:
         if not _is_number(thresholds.get(key)):
             raise ModelFileError(f"{path}: thresholds.{key} must be a number, "
                                  f"got {thresholds.get(key)!r}")
+
+
+def load_tensors(folder: Path, component: str) -> dict[str, torch.Tensor]:
+    """The tensors of ``<component>.safetensors`` (raw tensors: loading executes no code).
+
+    Raises
+    ------
+    ModelFileError
+        The file is missing or not a safetensors file.
+    """
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    path = Path(folder) / f"{component}.safetensors"
+    if not path.is_file():
+        raise ModelFileError(f"{path}: missing weights file")
+    try:
+        return load_file(str(path))
+    except (SafetensorError, OSError, ValueError) as exc:
+        raise ModelFileError(f"{path}: not a valid safetensors weights file ({exc})") from None
 
 
 def load_weights(folder: Path, component: str, network: torch.nn.Module) -> None:
@@ -205,16 +286,8 @@ def load_weights(folder: Path, component: str, network: torch.nn.Module) -> None
         The file is missing, not a safetensors file, or does not match the
         architecture in config.json.
     """
-    from safetensors import SafetensorError
-    from safetensors.torch import load_file
-
-    path = folder / f"{component}.safetensors"
-    if not path.is_file():
-        raise ModelFileError(f"{path}: missing weights file")
-    try:
-        state = load_file(str(path))
-    except (SafetensorError, OSError, ValueError) as exc:
-        raise ModelFileError(f"{path}: not a valid safetensors weights file ({exc})") from None
+    path = Path(folder) / f"{component}.safetensors"
+    state = load_tensors(folder, component)
     expected = network.state_dict()
     missing = sorted(set(expected) - set(state))
     unexpected = sorted(set(state) - set(expected))

@@ -1,7 +1,10 @@
-"""Inference with a trained model: gate, tiled U-Net, threshold, size filter.
+"""Inference with a trained model of any method: gate, probability map, threshold, size filter.
 
-``ArtSegModel.load(folder).predict(array)`` works on numpy arrays of any size;
-the CLI and the widgets are thin layers over it.
+``ArtSegModel.load(folder).predict(array)`` works on numpy arrays of any size
+for every method in :mod:`napari_artseg.methods`; the CLI and the widgets are
+thin layers over it. A method supplies the probability map at the processing
+scale (:meth:`ArtSegModel.processing_map`) and, when it has a classifier, the
+gate score; a method without a classifier gates on the maximum of its map.
 """
 
 from __future__ import annotations
@@ -16,8 +19,8 @@ import torch
 
 from .config import ArtSegConfig
 from .device import autocast, resolve_device
-from .model_files import load_weights, read_model_document
-from .models import ResNetClassifier, UNet
+from .model_files import read_model_document
+from .models import ResNetClassifier
 from .normalize import prepare_image, resize
 from .postprocess import clean_mask
 from .tiling import predict_tiled
@@ -36,11 +39,12 @@ class Prediction:
     mask : numpy.ndarray
         (H, W) bool final mask (threshold and minimum size applied).
     score : float
-        The classifier's P(artifact).
+        The gate score: the classifier's P(artifact), or the maximum of the
+        map for a method without a classifier.
     gate_passed : bool
         Whether the score reached the gate threshold.
     ungated : numpy.ndarray or None
-        The U-Net map regardless of the gate (computed on request, or whenever
+        The method's map regardless of the gate (computed on request, or whenever
         the gate passed), so a gate error can be seen.
     """
 
@@ -64,42 +68,50 @@ class Prediction:
 
 
 class ArtSegModel:
-    """A loaded ScoreCAM-U-Net model ready to predict.
+    """A loaded model ready to predict (any method; ScoreCAM-U-Net as built here).
 
-    Use :meth:`load`; the constructor takes already-built networks.
+    Use :meth:`load`; the constructor takes already-built networks. A method
+    without a classifier passes ``classifier=None``: its gate score is then the
+    maximum of its probability map. A method whose map is not a U-Net's
+    overrides ``_compute_map`` and sets ``unet`` to a :class:`MapAsLogits` over
+    it (so code that tiles ``unet`` itself keeps working).
     """
 
-    def __init__(self, document: dict[str, Any], classifier: ResNetClassifier, unet: UNet,
-                 device: torch.device, folder: Path | None = None) -> None:
+    def __init__(self, document: dict[str, Any], classifier: ResNetClassifier | None,
+                 unet: torch.nn.Module | None, device: torch.device,
+                 folder: Path | None = None) -> None:
         self.document = document
         self.config: ArtSegConfig = document["config"]
-        self.classifier = classifier.to(device).eval()
-        self.unet = unet.to(device).eval()
+        self.classifier = classifier.to(device).eval() if classifier is not None else None
+        self.unet = unet.to(device).eval() if unet is not None else None
         self.device = device
         self.folder = folder
+        self._memo: tuple[torch.Tensor, torch.Tensor] | None = None
 
     @classmethod
     def load(cls, folder: str | os.PathLike, device: str = "auto") -> ArtSegModel:
-        """Load a model folder (safetensors weights; no code is executed).
+        """Load a model folder of any method (safetensors weights; no code is executed).
 
         Raises
         ------
         ModelFileError
-            A missing, partial-without-U-Net, newer or mismatching model.
+            A missing, partial, newer or mismatching model, or an unknown method.
         """
-        from .errors import ModelFileError
-        from .training.classifier import build_classifier
-        from .training.segmenter import build_unet
+        from .methods import get_method
 
         folder = Path(folder)
         document = read_model_document(folder)
-        config = document["config"]
-        if "unet" not in document.get("components", []):
-            raise ModelFileError(f"{folder}: partial model without a U-Net; it cannot predict")
-        classifier, unet = build_classifier(config), build_unet(config)
-        load_weights(folder, "classifier", classifier)
-        load_weights(folder, "unet", unet)
-        return cls(document, classifier, unet, resolve_device(device), folder)
+        return get_method(document["method"]).load(folder, document, resolve_device(device))
+
+    @property
+    def method(self) -> str:
+        """The method's name (``scorecam_unet``, ``padim`` ...)."""
+        return str(self.document.get("method", self.config.method))
+
+    @property
+    def has_classifier(self) -> bool:
+        """Whether the gate score comes from a classifier (else from the map's maximum)."""
+        return self.classifier is not None
 
     @property
     def model_id(self) -> str:
@@ -124,34 +136,66 @@ class ArtSegModel:
 
     @torch.inference_mode()
     def artifact_score(self, prepared: torch.Tensor) -> float:
-        """The classifier's P(artifact) for a prepared image."""
+        """The gate score of a prepared image, in [0, 1].
+
+        The classifier's P(artifact) when the method has one; otherwise the maximum
+        of the method's probability map (a calibrated probability for every method).
+        """
+        if self.classifier is None:
+            return float(self.processing_map(prepared).max())
         view = global_view(prepared, self.config.input_size)[None].to(self.device)
         with autocast(self.device, self.config.amp):
             logit = self.classifier(view)
         return float(torch.sigmoid(logit.float())[0])
 
+    def processing_map(self, prepared: torch.Tensor, batch_size: int = 4) -> torch.Tensor:
+        """The method's artifact probability (h, w) at the processing scale, on the CPU.
+
+        The last result is kept for the same ``prepared`` tensor, so the gate score
+        and the map of one image cost one pass.
+        """
+        if self._memo is not None and self._memo[0] is prepared:
+            return self._memo[1]
+        result = self._compute_map(prepared, batch_size).float().clamp(0, 1).cpu()
+        self._memo = (prepared, result)
+        return result
+
     @torch.inference_mode()
-    def unet_map(self, prepared: torch.Tensor, shape: tuple[int, int],
-                 batch_size: int = 4) -> np.ndarray:
-        """The U-Net probability at full resolution ``shape`` for a prepared image."""
+    def _compute_map(self, prepared: torch.Tensor, batch_size: int) -> torch.Tensor:
+        """The tiled U-Net probability (methods with another map override this)."""
 
         def forward(batch: torch.Tensor) -> torch.Tensor:
             with autocast(self.device, self.config.amp):
                 return torch.sigmoid(self.unet(batch).float())
 
-        prob = predict_tiled(forward, prepared.to(self.device), tile=self.config.input_size,
+        return predict_tiled(forward, prepared.to(self.device), tile=self.config.input_size,
                              halo=self.config.tile_halo, divisor=self.unet.divisor,
-                             batch_size=batch_size)
-        full = resize(prob[None].float(), tuple(shape))[0, 0]
-        return full.clamp_(0, 1).cpu().numpy().astype(np.float32, copy=False)
+                             batch_size=batch_size)[0]
 
-    def saliency(self, image: np.ndarray) -> np.ndarray:
+    def clear_cache(self) -> None:
+        """Forget the kept map (:meth:`predict` does it after each image)."""
+        self._memo = None
+
+    def unet_map(self, prepared: torch.Tensor, shape: tuple[int, int],
+                 batch_size: int = 4) -> np.ndarray:
+        """The method's probability map at full resolution ``shape`` for a prepared image.
+
+        (Named for ScoreCAM-U-Net, whose map is the U-Net's; every method has one.)
+        """
+        prob = self.processing_map(prepared, batch_size)
+        full = resize(prob[None, None], tuple(shape))[0, 0]
+        return full.clamp_(0, 1).numpy().astype(np.float32, copy=False)
+
+    def saliency(self, image: np.ndarray) -> np.ndarray | None:
         """The classifier's Score-CAM map of an image at full resolution, in [0, 1].
 
         Uses the model's Score-CAM settings (weighting, batch size, channel limit).
+        None for a method without a classifier.
         """
         from .scorecam import scorecam
 
+        if self.classifier is None:
+            return None
         prepared = self.prepare(np.asarray(image))
         view = global_view(prepared, self.config.input_size)[None].to(self.device)
         cam = scorecam(self.classifier, view, batch_size=self.config.scorecam_batch_size,
@@ -174,9 +218,9 @@ class ArtSegModel:
         min_size_px : int, optional
             Minimum object size in pixels; default the model's.
         gate : bool
-            Apply the classifier gate (an image called clean gets an empty map).
+            Apply the gate (an image called clean gets an empty map).
         keep_ungated : bool
-            Also compute the U-Net map when the gate says clean.
+            Also compute the map when the gate says clean.
         pixel_size_um : float, optional
             Used with ``min_size_um2`` in the config.
         """
@@ -191,4 +235,31 @@ class ArtSegModel:
         cut = float(self.thresholds.get("mask", 0.5)) if threshold is None else threshold
         size = self.min_size_for(pixel_size_um) if min_size_px is None else min_size_px
         mask = clean_mask(probability, cut, size) if passed else np.zeros(image.shape, bool)
+        self.clear_cache()
         return Prediction(probability, mask, score, passed, ungated)
+
+
+class MapAsLogits(torch.nn.Module):
+    """A probability-map function as a dense "network" of logits, for tiling code.
+
+    ``forward`` maps a (B, 1, h, w) batch of prepared tiles to (B, 1, h, w) logits
+    whose sigmoid is ``map_fn`` of each tile, so ``sigmoid(module(tiles))`` is
+    what a U-Net would give.
+
+    Parameters
+    ----------
+    map_fn : callable
+        (1, h, w) prepared image -> (h, w) probability.
+    divisor : int
+        Tile sides must be multiples of this.
+    """
+
+    def __init__(self, map_fn: Any, divisor: int = 1) -> None:
+        super().__init__()
+        self.map_fn = map_fn
+        self.divisor = divisor
+
+    def forward(self, batch: torch.Tensor) -> torch.Tensor:
+        """Logits of the map of every tile."""
+        maps = [self.map_fn(tile).to(batch.device, torch.float32) for tile in batch]
+        return torch.logit(torch.stack(maps)[:, None].clamp(1e-6, 1 - 1e-6))

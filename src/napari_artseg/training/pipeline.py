@@ -1,7 +1,10 @@
-"""The whole ScoreCAM-U-Net training run, as one generator.
+"""The whole training run, as one generator: :func:`train_pipeline`.
 
-Stages: read data, train the classifier, Score-CAM pseudo-labels, train the
-U-Net, choose thresholds on the validation split, save the model folder.
+:func:`train_pipeline` trains the method ``config.method`` names (see
+:mod:`napari_artseg.methods`); this module holds the ScoreCAM-U-Net run,
+:func:`train_scorecam_unet`. Its stages: read data, train the classifier,
+Score-CAM pseudo-labels, train the U-Net, choose thresholds on the validation
+split, save the model folder.
 Closing the generator (cancel) between yields saves what was trained so far as a
 ``partial`` model when the classifier had finished, and never touches any other
 model folder.
@@ -119,6 +122,25 @@ def _f1(pred: np.ndarray, truth: np.ndarray) -> float:
 
 
 def train_pipeline(
+    images_dir: str | os.PathLike,
+    labels: dict[str, str],
+    out: str | os.PathLike,
+    config: ArtSegConfig,
+    masks_dir: str | os.PathLike | None = None,
+    init: str | os.PathLike | None = None,
+) -> Generator[ProgressEvent, None, Path]:
+    """Train the method ``config.method`` names; yields progress, returns the model folder.
+
+    Parameters are those of :func:`train_scorecam_unet` (every method takes them;
+    what each needs is in docs/methods.md). Closing the generator cancels the run.
+    """
+    from ..methods import get_method
+
+    return (yield from get_method(config.method).train(images_dir, labels, out, config,
+                                                        masks_dir=masks_dir, init=init))
+
+
+def train_scorecam_unet(
     images_dir: str | os.PathLike,
     labels: dict[str, str],
     out: str | os.PathLike,

@@ -3,7 +3,8 @@
 With curated masks among the validation images the mask threshold and minimum
 size maximise pixel IoU on them. Without, they maximise the image-level F1 of
 "the final mask is non-empty" against the labels, ties broken by IoU against the
-validation pseudo-labels. Test data is never used.
+validation pseudo-labels (or, for a method without pixel targets, by closeness of
+the threshold to 0.5). Test data is never used.
 """
 
 from __future__ import annotations
@@ -42,7 +43,7 @@ def choose_mask_settings(
     probs: list[np.ndarray],
     labels: np.ndarray,
     gate_passed: np.ndarray,
-    targets: list[np.ndarray],
+    targets: list[np.ndarray | None],
     curated: np.ndarray,
 ) -> tuple[float, float, dict[str, float]]:
     """Choose the mask threshold and the minimum object size on validation images.
@@ -55,8 +56,9 @@ def choose_mask_settings(
         Image labels (1 artifact).
     gate_passed : numpy.ndarray
         Whether the classifier gate let each image through.
-    targets : list of numpy.ndarray
-        Boolean pixel targets (curated masks or pseudo-labels).
+    targets : list of numpy.ndarray or None
+        Boolean pixel targets (curated masks or pseudo-labels); None where an
+        image has none (it then counts for the F1 only).
     curated : numpy.ndarray
         Which targets are curated masks.
 
@@ -70,6 +72,7 @@ def choose_mask_settings(
     """
     labels = np.asarray(labels).astype(bool)
     use_curated = bool(np.any(curated))
+    any_target = any(t is not None for t in targets)
     best_key, best = None, (0.5, 0.0, {})
     for threshold in MASK_CANDIDATES:
         for fraction in MIN_SIZE_FRACTIONS:
@@ -78,14 +81,17 @@ def choose_mask_settings(
                 probs, targets, gate_passed, curated, strict=True
             ):
                 min_size = int(round(fraction * prob.size))
-                mask = clean_mask(prob, threshold, min_size) if passed else np.zeros_like(target)
+                mask = clean_mask(prob, threshold, min_size) if passed else np.zeros(prob.shape,
+                                                                                    bool)
                 nonempty.append(bool(mask.any()))
-                if is_curated or not use_curated:
+                if target is not None and (is_curated or not use_curated):
                     inter += float(np.sum(mask & target))
                     union += float(np.sum(mask | target))
             iou = inter / union if union else 1.0
             f1 = f1_score(np.array(nonempty), labels)
             key = (round(iou, 4), round(f1, 4)) if use_curated else (round(f1, 4), round(iou, 4))
+            if not any_target:
+                key = (round(f1, 4), -abs(threshold - 0.5))
             if best_key is None or key > best_key:
                 best_key = key
                 best = (threshold, fraction, {"val_image_f1": f1, "val_target_iou": iou})
