@@ -45,6 +45,27 @@ class InputImage:
     path: Path
     key: str
 
+    @property
+    def is_zarr(self) -> bool:
+        """True for a Zarr / OME-Zarr store (a folder), predicted block by block."""
+        return self.path.is_dir()
+
+
+@dataclass(frozen=True)
+class PredictOptions:
+    """The per-image settings of a run (the attributes of the parsed arguments they mirror)."""
+
+    threshold: float | None = None
+    min_size: int | None = None
+    no_gate: bool = False
+    overwrite: bool = False
+
+    @classmethod
+    def from_args(cls, args: argparse.Namespace) -> PredictOptions:
+        """The options of parsed ``artseg predict`` arguments."""
+        return cls(args.threshold, args.min_size, bool(args.no_gate),
+                   bool(getattr(args, "overwrite", False)))
+
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
     """Register the ``predict`` sub-command."""
@@ -65,11 +86,43 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                              "are complete and were made with the same model and settings)")
     parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda", "mps"))
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
+    parser.add_argument("--dask", action="store_true",
+                        help="predict on a dask.distributed cluster: a local one (see --workers) "
+                             "or the scheduler given by --scheduler; one task per image, the "
+                             "model loaded once per worker, same outputs as without --dask")
+    parser.add_argument("--scheduler", metavar="ADDRESS",
+                        help="with --dask: address of a running Dask scheduler "
+                             "(e.g. tcp://10.0.0.5:8786); default: start a local cluster")
+    parser.add_argument("--workers", type=int, metavar="N",
+                        help="with --dask and no --scheduler: local worker processes "
+                             "(1 thread each; default: the number of CPU cores, at most 8)")
     parser.set_defaults(run=run)
+
+
+def _is_zarr_store(path: Path) -> bool:
+    """True for a folder holding a Zarr array or group (v2 or v3 metadata)."""
+    from ..distributed.sources import is_zarr_store
+
+    return is_zarr_store(path)
+
+
+def _zarr_stores_below(folder: Path, exclude: list[Path]) -> list[Path]:
+    """Zarr stores (``*.zarr`` folders) below ``folder``, not looking inside them."""
+    excluded = {p.resolve() for p in exclude}
+    found = []
+    for current, dirs, _files in os.walk(folder):
+        here = Path(current)
+        stores = [d for d in dirs if d.lower().endswith(".zarr") and not d.startswith(".")]
+        found.extend(here / d for d in sorted(stores) if (here / d).resolve() not in excluded)
+        dirs[:] = sorted(d for d in dirs if d not in stores and not d.startswith("."))
+    return found
 
 
 def collect_inputs(inputs: list[str], exclude: list[Path]) -> list[InputImage]:
     """Expand files and folders into images with unique keys.
+
+    A folder that is a Zarr store is one image; other folders are searched for
+    image files and ``*.zarr`` stores.
 
     Raises
     ------
@@ -79,11 +132,15 @@ def collect_inputs(inputs: list[str], exclude: list[Path]) -> list[InputImage]:
     found: list[InputImage] = []
     for text in inputs:
         path = Path(text)
-        if path.is_dir():
+        if path.is_dir() and (path.suffix.lower() == ".zarr" or _is_zarr_store(path)):
+            found.append(InputImage(path, image_key(path)))
+        elif path.is_dir():
             found.extend(InputImage(p, image_key(p, path)) for p in discover_images(path, exclude))
+            found.extend(InputImage(p, image_key(p, path))
+                         for p in _zarr_stores_below(path, exclude))
         elif path.is_file():
             if not is_image_file(path):
-                raise ArtSegError(f"{path}: not an image file (.tif, .tiff, .png, .jpg)")
+                raise ArtSegError(f"{path}: not an image file (.tif, .tiff, .png, .jpg, .zarr)")
             found.append(InputImage(path, image_key(path)))
         else:
             raise ArtSegError(f"{path}: no such file or folder")
@@ -119,10 +176,13 @@ def predict_one(model, item: InputImage, out: Path, args: argparse.Namespace) ->
     Images above :data:`~napari_artseg.large_images.LARGE_IMAGE_PIXELS` are read
     downscaled and written in strips (bounded memory); an accelerator
     out-of-memory error retries the image that way with fewer tiles per pass.
+    Zarr stores are predicted block by block (:func:`predict_blocked`).
     """
     from ..large_images import LARGE_IMAGE_PIXELS, _is_out_of_memory, read_header
 
     start = time.perf_counter()
+    if item.is_zarr:
+        return predict_blocked(model, item, out, args, start)
     prob_path, mask_path = out / f"{item.key}_prob.tif", out / f"{item.key}_mask.tif"
     header = read_header(item.path)
     if header is not None and header.pixels > LARGE_IMAGE_PIXELS:
@@ -179,6 +239,30 @@ def _predict_large(model, item: InputImage, out: Path, args: argparse.Namespace,
     }
 
 
+def predict_blocked(model, item: InputImage, out: Path, args: argparse.Namespace,
+                    start: float | None = None, client=None,
+                    device: str | None = None) -> dict[str, Any]:
+    """Predict a Zarr store (or a large TIFF) block by block and return its summary row.
+
+    The maps equal the in-memory path's (see :mod:`napari_artseg.distributed.zarr_predict`);
+    blocks run on ``client``'s cluster (on ``device``), or in this process when it is None.
+    """
+    from ..distributed.zarr_predict import predict_store
+
+    start = time.perf_counter() if start is None else start
+    result = predict_store(model, item.path, out, item.key, threshold=args.threshold,
+                           min_size_px=args.min_size, gate=not args.no_gate, client=client,
+                           device=device or str(model.device))
+    return {
+        "status": "ok", "error": "", "artifact_score": round(result.score, 6),
+        "predicted_label": "artifact" if result.artifact_fraction > 0 else "clean",
+        "artifact_fraction": round(result.artifact_fraction, 6), "n_objects": result.n_objects,
+        "gate_passed": result.gate_passed, **_settings(model, args, result.pixel_size_um),
+        "height": result.shape[0], "width": result.shape[1],
+        "seconds": round(time.perf_counter() - start, 3),
+    }
+
+
 def read_previous_summary(out: Path) -> dict[str, dict[str, str]]:
     """The rows of an existing ``OUT/summary.csv`` by image key (empty when there is none).
 
@@ -205,8 +289,12 @@ def read_previous_summary(out: Path) -> dict[str, dict[str, str]]:
         return {}
 
 
-def _tiff_shape(path: Path) -> tuple[int, int] | None:
-    """(H, W) of a TIFF's first page, or None when it is missing or unreadable."""
+def _output_shape(path: Path) -> tuple[int, int] | None:
+    """(H, W) of an output TIFF's first page or Zarr array; None when missing or unreadable."""
+    if path.suffix == ".zarr":
+        from ..distributed.sources import stored_shape
+
+        return stored_shape(path)
     import tifffile
 
     try:
@@ -215,6 +303,42 @@ def _tiff_shape(path: Path) -> tuple[int, int] | None:
             return int(page.imagelength), int(page.imagewidth)
     except Exception:  # a missing, empty or foreign file is simply "not done"
         return None
+
+
+def output_files(item: InputImage, out: Path, shape: tuple[int, int]) -> list[Path]:
+    """The files an image's prediction leaves in ``out``.
+
+    Image files give ``<key>_prob.tif`` and ``<key>_mask.tif``; a Zarr store gives
+    ``<key>_prob.zarr`` and ``<key>_mask.zarr``, plus the two TIFFs when the image
+    is small enough for them (:data:`~napari_artseg.distributed.zarr_predict.TIFF_MAX_PIXELS`).
+    """
+    tiffs = [out / f"{item.key}_prob.tif", out / f"{item.key}_mask.tif"]
+    if not item.is_zarr:
+        return tiffs
+    from ..distributed.zarr_predict import writes_tiff
+
+    zarrs = [out / f"{item.key}_prob.zarr", out / f"{item.key}_mask.zarr"]
+    return zarrs + (tiffs if writes_tiff(shape) else [])
+
+
+def _input_header(item: InputImage):
+    """The input's header (shape, pixel size) without reading pixels; None when unreadable."""
+    if item.is_zarr:
+        from ..distributed.sources import zarr_header
+
+        return zarr_header(item.path)
+    from ..large_images import read_header
+
+    return read_header(item.path)
+
+
+def _modified(path: Path) -> float:
+    """Modification time of an input file, or of a Zarr store's metadata files."""
+    if not path.is_dir():
+        return path.stat().st_mtime
+    names = ("zarr.json", ".zarray", ".zattrs", ".zgroup")
+    return max([path.stat().st_mtime] + [(path / n).stat().st_mtime for n in names
+                                        if (path / n).is_file()])
 
 
 def is_done(row: dict[str, str] | None, item: InputImage, out: Path, model,
@@ -237,9 +361,7 @@ def is_done(row: dict[str, str] | None, item: InputImage, out: Path, model,
         if min_size != args.min_size:
             return False
     elif model.config.min_size_um2:
-        from ..large_images import read_header
-
-        header = read_header(item.path)
+        header = _input_header(item)
         if header is None or min_size != model.min_size_for(header.pixel_size_um):
             return False
     elif min_size != model.min_size_for(None):
@@ -251,13 +373,13 @@ def is_done(row: dict[str, str] | None, item: InputImage, out: Path, model,
         gate = float(model.thresholds.get("gate", 0.5))
         if abs(score - gate) <= 1e-6 or gate_passed != (score >= gate):  # rounding: recompute
             return False
+    files = output_files(item, out, shape)
     try:
-        made = min((out / f"{item.key}{s}").stat().st_mtime for s in ("_prob.tif", "_mask.tif"))
-        if item.path.stat().st_mtime > made:
+        if _modified(item.path) > min(f.stat().st_mtime for f in files):
             return False
     except OSError:
         return False
-    return all(_tiff_shape(out / f"{item.key}{s}") == shape for s in ("_prob.tif", "_mask.tif"))
+    return all(_output_shape(f) == shape for f in files)
 
 
 def write_summary(out: Path, rows: list[dict[str, Any]]) -> Path:
@@ -313,6 +435,70 @@ def _failure_message(item: InputImage, exc: Exception) -> str:
     return f"{item.path}: {type(exc).__name__}" + (f": {detail}" if detail else "")
 
 
+def process_item(model, item: InputImage, out: Path, options: PredictOptions,
+                 previous: dict[str, str] | None,
+                 predict=None) -> tuple[str, dict[str, Any], bool]:
+    """Predict one image unless its outputs are complete already; never raises for a bad image.
+
+    The one per-image step of both the serial and the ``--dask`` path;
+    ``predict`` replaces :func:`predict_one` (the ``--dask`` path passes the
+    blocked predictor bound to its cluster).
+
+    Returns
+    -------
+    tuple
+        ``(key, row, skipped)``: the summary row (``previous`` when skipped; a
+        ``failed`` row with a one-line error when the image could not be predicted).
+    """
+    if not options.overwrite and is_done(previous, item, out, model, options):
+        return item.key, dict(previous or {}), True
+    row: dict[str, Any] = {"image": item.key, "model_id": model.model_id}
+    try:
+        row.update((predict or predict_one)(model, item, out, options))
+    except Exception as exc:  # one bad image never stops the run
+        row.update(status="failed", error=_failure_message(item, exc))
+    return item.key, row, False
+
+
+def collect_rows(results, table: dict[str, dict[str, Any]], images: list[InputImage], out: Path,
+                 quiet: bool) -> tuple[int, int, int]:
+    """Gather per-image results into ``table`` with a progress bar; flush summary.csv often.
+
+    ``results`` yields ``(key, row, skipped)`` in any order. At the end the table
+    keeps earlier rows in their order and adds new images in input order, so a
+    serial run and a ``--dask`` run write the same summary.
+
+    Returns
+    -------
+    tuple of int
+        Images predicted now, skipped as done, failed.
+    """
+    order = list(table)
+    computed = skipped = failed = 0
+    since_flush, last_flush = 0, time.monotonic()
+    for key, row, was_skipped in counted(iter(results), len(images), "predict", quiet):
+        if was_skipped:
+            skipped += 1
+            continue
+        if row.get("status") == "failed":
+            failed += 1
+            print(f"failed: {row.get('error')}", file=sys.stderr)
+        else:
+            computed += 1
+        table[key] = row
+        since_flush += 1
+        if since_flush >= FLUSH_EVERY_IMAGES or time.monotonic() - last_flush > FLUSH_EVERY_SECONDS:
+            write_summary(out, list(table.values()))
+            since_flush, last_flush = 0, time.monotonic()
+    known = set(order)
+    order += [item.key for item in images if item.key not in known]
+    ordered = {key: table[key] for key in order if key in table}
+    table.clear()
+    table.update(ordered)
+    write_summary(out, list(table.values()))
+    return computed, skipped, failed
+
+
 def run(args: argparse.Namespace) -> int:
     """Predict every input; one failing image does not stop the others."""
     from ..predictor import ArtSegModel
@@ -322,40 +508,32 @@ def run(args: argparse.Namespace) -> int:
         raise ArtSegError(f"--threshold {args.threshold}: must be between 0 and 1")
     if args.min_size is not None and args.min_size < 0:
         raise ArtSegError(f"--min-size {args.min_size}: must be >= 0")
+    if (args.scheduler or args.workers is not None) and not args.dask:
+        raise ArtSegError("--scheduler and --workers need --dask")
+    if args.workers is not None and args.workers < 1:
+        raise ArtSegError(f"--workers {args.workers}: must be >= 1")
     if not Path(args.model).exists():
         raise ArtSegError(f"{args.model}: model folder not found")
     images = collect_inputs(args.inputs, exclude=[out])
     if not images:
         raise ArtSegError(f"no image files found in {', '.join(args.inputs)}")
-    model = ArtSegModel.load(args.model, device=args.device)
+    options = PredictOptions.from_args(args)
+    # with --dask the client loads the model on the CPU only to check it and read its settings
+    model = ArtSegModel.load(args.model, device="cpu" if args.dask else args.device)
     prepare_output_folder(out)
-    table = {} if getattr(args, "overwrite", False) else read_previous_summary(out)
-    done = failed = skipped = 0
-    since_flush, last_flush = 0, time.monotonic()
-    for item in counted(iter(images), len(images), "predict", args.quiet):
-        previous = table.get(item.key)
-        if not getattr(args, "overwrite", False) and is_done(previous, item, out, model, args):
-            skipped += 1
-            done += 1
-            continue
-        row: dict[str, Any] = {"image": item.key, "model_id": model.model_id}
-        try:
-            row.update(predict_one(model, item, out, args))
-            done += 1
-        except Exception as exc:  # one bad image never stops the run
-            message = _failure_message(item, exc)
-            row.update(status="failed", error=message)
-            failed += 1
-            print(f"failed: {message}", file=sys.stderr)
-        table[item.key] = row  # replaces an earlier row in place; new images go at the end
-        since_flush += 1
-        if since_flush >= FLUSH_EVERY_IMAGES or time.monotonic() - last_flush > FLUSH_EVERY_SECONDS:
-            write_summary(out, list(table.values()))
-            since_flush, last_flush = 0, time.monotonic()
-    write_summary(out, list(table.values()))
-    computed = done - skipped
+    table = {} if options.overwrite else read_previous_summary(out)
+    if args.dask:
+        from ..distributed.dask_predict import dask_session, predict_on_cluster
+
+        with dask_session(args.scheduler, args.workers) as client:
+            results = predict_on_cluster(client, model, images, out, options, table, args.device)
+            computed, skipped, failed = collect_rows(results, table, images, out, args.quiet)
+    else:
+        results = (process_item(model, item, out, options, table.get(item.key))
+                   for item in images)
+        computed, skipped, failed = collect_rows(results, table, images, out, args.quiet)
     print(f"{computed} image(s) predicted, {skipped} already done (skipped), {failed} failed; "
           f"summary in {out / 'summary.csv'}")
-    if done == 0:
+    if computed + skipped == 0:
         return 2
     return 3 if failed else 0

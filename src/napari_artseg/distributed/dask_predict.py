@@ -1,0 +1,159 @@
+"""``artseg predict --dask``: batch prediction on a ``dask.distributed`` cluster.
+
+One task per image runs :func:`napari_artseg.cli.predict_cmd.process_item`, the
+same per-image step as the serial command: resume check, prediction, output
+TIFFs, summary row or failure row. A task ships a :class:`ModelRef`, the image
+path, the output folder, the settings and the image's previous summary row (a
+few hundred bytes); the worker reads the image and writes the outputs on shared
+storage and keeps one loaded model (:mod:`.worker_models`). The client gathers
+rows as tasks finish and writes ``summary.csv``.
+
+Zarr stores, and TIFFs above
+:data:`~napari_artseg.large_images.LARGE_IMAGE_PIXELS`, are not one task: their
+blocks are spread over the cluster (:mod:`.zarr_predict`) after the per-image
+tasks.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+from collections.abc import Iterator
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+from ..errors import ArtSegError
+from .worker_models import ModelRef, cached_model
+
+#: Default local workers: one per core, at most this many.
+MAX_DEFAULT_WORKERS = 8
+#: Seconds to wait for a scheduler given by address.
+CONNECT_TIMEOUT_S = 30
+
+
+def default_workers() -> int:
+    """Local worker processes when ``--workers`` is not given: the CPU cores, at most 8."""
+    return max(1, min(MAX_DEFAULT_WORKERS, os.cpu_count() or 1))
+
+
+@contextlib.contextmanager
+def dask_session(address: str | None, workers: int | None) -> Iterator[Any]:
+    """A ``distributed.Client``: to the scheduler at ``address``, or to a new local cluster.
+
+    The local cluster has ``workers`` processes with one thread each; each
+    process's PyTorch uses its share of the CPU cores.
+
+    Raises
+    ------
+    ArtSegError
+        The ``distributed`` package is missing or the scheduler cannot be reached.
+    """
+    try:
+        from distributed import Client, LocalCluster
+    except ImportError:
+        raise ArtSegError("--dask needs the dask.distributed package: "
+                          "pip install 'napari-artseg[distributed]'") from None
+    if address:
+        try:
+            client = Client(address, timeout=CONNECT_TIMEOUT_S)
+        except (OSError, TimeoutError) as exc:
+            raise ArtSegError(f"{address}: cannot reach a Dask scheduler ({exc})") from None
+        with client:
+            yield client
+        return
+    n_workers = workers or default_workers()
+    threads = str(max(1, (os.cpu_count() or 1) // n_workers))
+    env = {"OMP_NUM_THREADS": threads, "MKL_NUM_THREADS": threads}
+    with LocalCluster(n_workers=n_workers, threads_per_worker=1, processes=True,
+                      dashboard_address=None, silence_logs=logging.ERROR, env=env) as cluster, \
+            Client(cluster) as client:
+        yield client
+
+
+def predict_task(ref: ModelRef, item, out: Path, options, previous: dict[str, str] | None
+                 ) -> tuple[str, dict[str, Any] | None, bool]:
+    """The worker side of one image: :func:`~napari_artseg.cli.predict_cmd.process_item`.
+
+    Returns ``(key, None, False)`` for an image too large for one task (the
+    client then predicts it block by block).
+    """
+    from ..cli.predict_cmd import is_done, process_item
+    from ..large_images import LARGE_IMAGE_PIXELS, read_header
+
+    model = cached_model(ref)
+    if not options.overwrite and is_done(previous, item, out, model, options):
+        return item.key, dict(previous or {}), True
+    header = read_header(item.path)
+    if header is not None and header.is_tiff and header.pixels > LARGE_IMAGE_PIXELS:
+        return item.key, None, False
+    return process_item(model, item, out, options, previous)
+
+
+def _lost(item, model_id: str, exc: BaseException) -> dict[str, Any]:
+    """The failure row of an image whose task did not return (a worker died, ...)."""
+    text = str(exc).strip().splitlines()
+    detail = f"{type(exc).__name__}: {text[0]}" if text else type(exc).__name__
+    return {"image": item.key, "model_id": model_id, "status": "failed",
+            "error": f"{item.path}: task lost on the cluster ({detail})"}
+
+
+def predict_on_cluster(client, model, images: list, out: Path, options,
+                       table: dict[str, dict[str, str]], device: str
+                       ) -> Iterator[tuple[str, dict[str, Any], bool]]:
+    """Predict ``images`` on ``client``'s cluster; yield ``(key, row, skipped)`` as they finish.
+
+    Parameters
+    ----------
+    client : distributed.Client
+        The cluster.
+    model : ArtSegModel
+        The model as loaded on the client (its folder, id and settings).
+    images : list of InputImage
+        The inputs.
+    out : pathlib.Path
+        Output folder on storage the workers share.
+    options : PredictOptions
+        Threshold, minimum size, gate and overwrite settings.
+    table : dict
+        Rows of an earlier summary by key (for the resume check).
+    device : str
+        Device for the workers (``auto``: each worker's GPU when it has one).
+
+    Raises
+    ------
+    ArtSegError
+        A worker cannot load the model (the rest of the run is cancelled).
+    """
+    from distributed import as_completed
+
+    from ..cli.predict_cmd import predict_blocked as blocked
+    from ..cli.predict_cmd import process_item
+
+    ref = ModelRef(str(Path(model.folder).resolve()), model.model_id, device)
+    out = out.resolve()
+    single = [item for item in images if not item.is_zarr]
+    futures = {client.submit(predict_task, ref, item, out, options, table.get(item.key),
+                             pure=False, key=f"artseg-predict-{index}-{item.key}"): item
+               for index, item in enumerate(single)}
+    large = [item for item in images if item.is_zarr]
+    try:
+        for future in as_completed(futures):
+            item = futures.pop(future)
+            try:
+                key, row, skipped = future.result()
+            except ArtSegError as exc:  # the model itself: every image would fail the same way
+                raise ArtSegError(f"on the cluster: {exc}") from None
+            except Exception as exc:  # a worker died or the task was lost
+                yield item.key, _lost(item, model.model_id, exc), False
+                continue
+            if row is None:
+                large.append(item)
+            else:
+                yield key, row, skipped
+    finally:
+        client.cancel(list(futures))
+    predict = partial(blocked, client=client, device=device)
+    for item in large:
+        yield process_item(model, item, out, options, table.get(item.key), predict=predict)
