@@ -1,8 +1,13 @@
 """Retrain from corrections (the MDL step of the human-in-the-loop loop), with a fixed held-out set.
 
-A project's curated masks supervise their images pixel by pixel; the other
-artifact images get Score-CAM pseudo-labels, the clean ones zero targets (all
-through :func:`~napari_artseg.training.train_pipeline`). Curated pixels weigh
+A project's curated masks supervise their images pixel by pixel; with
+ScoreCAM-U-Net the other artifact images get Score-CAM pseudo-labels, the clean
+ones zero targets (all through :func:`~napari_artseg.training.train_pipeline`,
+which trains any method: with ``cdl`` the detector labels the images without a
+curated mask, ``supervised_unet`` trains on the curated masks and the clean
+images). Fine-tuning keeps the current model's method; a model whose method
+cannot be fine-tuned (anomaly detectors, ensembles) is replaced by a new one
+trained from scratch with the chosen method. Curated pixels weigh
 more (``curated_weight``) and a soft-Dice term fights class imbalance
 (``dice_weight``). The current model is fine-tuned unless ``from_scratch``.
 
@@ -46,8 +51,8 @@ HOLDOUT_FRACTION = 0.2
 #: Retraining uses at least these loss settings (curated pixels count more; a Dice term).
 CURATED_WEIGHT = 4.0
 DICE_WEIGHT = 1.0
-#: Settings that must match the parent when fine-tuning (they shape the networks or their input).
-ARCHITECTURE_FIELDS = ("resnet_depth", "resnet_width", "resnet_stem_pool", "unet_width",
+#: Settings that must match the parent when fine-tuning (the method, the networks, their input).
+ARCHITECTURE_FIELDS = ("method", "resnet_depth", "resnet_width", "resnet_stem_pool", "unet_width",
                        "unet_levels", "unet_convs_per_level", "input_size", "scale",
                        "normalization", "tile_halo")
 #: Thresholds of the precision-recall sweep (log-spaced like the threshold slider, plus 0.5).
@@ -250,8 +255,8 @@ class RetrainReport:
             else:
                 part += f"{after['pixel_iou']:.3f} (no previous model to compare)"
             lines.append(part)
-        elif self.note:
-            lines.append(self.note)
+        if self.note:
+            lines.append(self.note.strip())
         return "\n".join(lines)
 
     def to_dict(self) -> dict[str, Any]:
@@ -328,25 +333,39 @@ def retrain(
         Also written as ``retrain_report.json`` in the model folder, with
         ``masks_manifest.csv``. The caller decides whether to make it current.
     """
+    from .methods import get_method
     from .training import train_pipeline
 
     held = held_out_set(project, holdout_fraction, min_holdout, config.seed)
     curated = curated_images(project)
     labels = {k: v for k, v in project.labels.labels.items()
               if k not in held and project.image_path(k).is_file()}
-    require_labels(labels)
     previous = current_model_folder(project)
     parent = None if from_scratch else (Path(init) if init else previous)
+    scratch_note = ""
     if parent is not None:
-        config = inherit_architecture(config, read_model_document(parent)["config"])
+        parent_config = read_model_document(parent)["config"]
+        if get_method(parent_config.method).can_fine_tune:
+            config = inherit_architecture(config, parent_config)
+        else:
+            scratch_note = (f"{parent.name} ({parent_config.method}) cannot be fine-tuned: a new "
+                            f"{config.method} model was trained from scratch. ")
+            parent = None
+    method = get_method(config.method)
+    if method.supervision == "none":
+        labels = {k: labels.get(k, "unsure") for k in project.images() if k not in held}
+    elif method.supervision == "image_labels":
+        require_labels(labels)
+    method.check_inputs(labels, project.masks_dir, config)
     config = config.replace(curated_weight=max(config.curated_weight, CURATED_WEIGHT),
                             dice_weight=max(config.dice_weight, DICE_WEIGHT))
     train_masks = [k for k in curated if k not in held and k in labels]
     report = RetrainReport(Path(out), parent.name if parent else None,
                            previous.name if previous else None, held, len(train_masks))
+    report.note = scratch_note
     if not held:
-        report.note = (f"No held-out masks: {len(curated)} curated mask(s), fewer than "
-                       f"{min_holdout}; all of them train (no before/after comparison).")
+        report.note += (f"No held-out masks: {len(curated)} curated mask(s), fewer than "
+                        f"{min_holdout}; all of them train (no before/after comparison).")
     if held and previous is not None:
         yield ProgressEvent("evaluate_before", 0, len(held), kind="stage",
                             message=f"measuring {previous.name} on {len(held)} held-out mask(s)")

@@ -1,10 +1,10 @@
 """One training run of a project, as the training widget drives it (GUI-free).
 
-:class:`TrainingJob` wraps :func:`~napari_artseg.training.train_pipeline` for a
-project: it picks the new model folder (``models/<UTC time>-<method>/``, the CLI's
-naming), keeps the per-epoch history for the loss plot, turns errors into one
-line that says what to do, and cancels by closing the pipeline generator in the
-thread that runs it.
+:class:`TrainingJob` wraps :func:`~napari_artseg.training.train_pipeline` (any
+method, ``config.method``) for a project: it picks the new model folder
+(``models/<UTC time>-<method>/``, the CLI's naming), keeps the per-epoch
+history for the loss plot, turns errors into one line that says what to do, and
+cancels by closing the pipeline generator in the thread that runs it.
 """
 
 from __future__ import annotations
@@ -44,6 +44,13 @@ def advice_for(exc: BaseException) -> str:
     if isinstance(exc, ArtSegError):
         return text
     return f"Training failed ({type(exc).__name__}: {text}). Check the settings and start again."
+
+
+def needs_no_labels(config: ArtSegConfig) -> bool:
+    """Whether ``config.method`` trains without human labels."""
+    from .methods import get_method
+
+    return get_method(config.method).supervision == "none"
 
 
 def new_model_folder(models_dir: Path, method: str) -> Path:
@@ -102,11 +109,24 @@ class TrainingJob:
 
     @classmethod
     def for_project(cls, project: Any, config: ArtSegConfig) -> TrainingJob:
-        """A job on a :class:`~napari_artseg.project.Project`'s labels and curated masks."""
+        """A job on a :class:`~napari_artseg.project.Project`'s labels and curated masks.
+
+        For a method that needs no labels (``cdl``) every image of the project
+        takes part (unlabelled ones as ``unsure``).
+        """
         labels = {k: v for k, v in project.labels.labels.items()
                   if project.image_path(k).is_file()}
+        if needs_no_labels(config):
+            labels = {k: labels.get(k, "unsure") for k in project.images()}
         masks = project.masks_dir if project.masks_dir.is_dir() else None
         return cls(project.image_folder, labels, project.models_dir, config, masks)
+
+    def missing_inputs(self) -> str:
+        """'' when the job's labels and masks suffice for its method, else what is missing."""
+        from .methods import get_method
+
+        return get_method(self.config.method).missing_inputs(self.labels, self.masks_dir,
+                                                            self.config)
 
     def _pipeline(self) -> Generator[ProgressEvent, None, Any]:
         """The core generator this job runs."""

@@ -28,8 +28,16 @@ from .training_settings import TrainingSettings
 SETTINGS_KEY = "training"
 
 
+#: What to do when a method's inputs are missing, by supervision kind.
+ADVICE = {"image_labels": "Label more in the Label tab, then start again.",
+          "clean_images": "Label clean images in the Label tab, then start again.",
+          "pixel_masks": "Correct predictions and accept them (G) in Predict & correct to make "
+                         "masks, then start again.",
+          "none": "Add images to the image folder, then start again."}
+
+
 class TrainingWidget(QWidget):
-    """Train ScoreCAM-U-Net on the shared project's labels; napari stays usable meanwhile.
+    """Train a model of the chosen method on the shared project; napari stays usable meanwhile.
 
     Parameters
     ----------
@@ -66,7 +74,11 @@ class TrainingWidget(QWidget):
         self.project_label.setWordWrap(True)
         layout.addWidget(self.project_label)
         self.settings = TrainingSettings()
+        self.settings.method_changed.connect(self._on_method_changed)
         layout.addWidget(self.settings)
+        self.needs_label = QLabel("")
+        self.needs_label.setWordWrap(True)
+        layout.addWidget(self.needs_label)
         self.device_label = QLabel("Device in use: (not started)")
         layout.addWidget(self.device_label)
         buttons = QHBoxLayout()
@@ -112,17 +124,40 @@ class TrainingWidget(QWidget):
         self.project = project
         if project is None:
             self.project_label.setText("Open an image folder in the Label tab first.")
+            self._show_needs()
             return
         saved = project.settings.get(SETTINGS_KEY)
         if isinstance(saved, dict):
             self.settings.set_values(saved)
         self.project_label.setText(f"Project: {project.folder}\n{self._label_summary()}")
+        self._show_needs()
 
     def showEvent(self, event: Any) -> None:
         """Refresh the label counts when the tab is shown (labelling goes on meanwhile)."""
         if self.project is not None:
             self.project_label.setText(f"Project: {self.project.folder}\n{self._label_summary()}")
+        self._show_needs()
         super().showEvent(event)
+
+    def _on_method_changed(self, _name: str) -> None:
+        """Say what the newly chosen method needs and whether the project has it."""
+        self._show_needs()
+
+    def _show_needs(self) -> None:
+        """``Needs ...`` for the chosen method, and what the project lacks for it."""
+        text = self.settings.supervision_text()
+        missing = self._missing_inputs()
+        self.needs_label.setText(f"{text}\nMissing: {missing}" if missing else text)
+
+    def _missing_inputs(self) -> str:
+        """What the project lacks for the chosen method ('' when nothing, or no project)."""
+        if self.project is None:
+            return ""
+        try:
+            config = self.settings.config()
+        except ArtSegError as exc:
+            return str(exc)
+        return TrainingJob.for_project(self.project, config).missing_inputs()
 
     def _label_summary(self) -> str:
         counts = self.project.labels.counts() if self.project is not None else {}
@@ -189,12 +224,12 @@ class TrainingWidget(QWidget):
         self.project.settings[SETTINGS_KEY] = self.settings.values()
         self.project.save()
         job = TrainingJob.for_project(self.project, config)
-        words = list(job.labels.values())
-        clean, artifact = words.count("clean"), words.count("artifact")
-        if min(clean, artifact) < 2:
-            raise ArtSegError(
-                f"Training needs at least 2 clean and 2 artifact images; the project has {clean} "
-                f"clean and {artifact} artifact. Label more in the Label tab, then start again.")
+        missing = job.missing_inputs()
+        if missing:
+            from ..methods import get_method
+
+            advice = ADVICE[get_method(config.method).supervision]
+            raise ArtSegError(f"{missing}. {advice}")
         return job
 
     def cancel(self) -> None:

@@ -1,12 +1,18 @@
-"""The training settings form: a preset and the settings people change most."""
+"""The training settings form: the method, a preset and the settings people change most."""
 
 from __future__ import annotations
 
 from typing import Any
 
+from qtpy.QtCore import Qt, Signal
 from qtpy.QtWidgets import QComboBox, QDoubleSpinBox, QFormLayout, QSpinBox, QWidget
 
-from ..config import DEVICES, PRESETS, ArtSegConfig, preset
+from ..config import DEVICES, METHODS, PRESETS, ArtSegConfig, preset
+from ..methods import SUPERVISIONS, get_method, list_methods
+
+#: The supervision kinds in a few words, for the method list.
+SUPERVISION_WORDS = {"image_labels": "image labels", "clean_images": "clean images only",
+                     "pixel_masks": "pixel masks", "none": "no labels"}
 
 #: Config fields the form edits, in order.
 FORM_FIELDS = ("classifier_epochs", "unet_epochs", "input_size", "scale", "batch_size", "seed")
@@ -22,16 +28,29 @@ def available_devices() -> dict[str, bool]:
 
 
 class TrainingSettings(QWidget):
-    """Preset, epochs, input size and scale, batch size, device and seed.
+    """Method, preset, epochs, input size and scale, batch size, device and seed.
 
-    Choosing a preset fills the fields with its values; :meth:`config` is the
-    preset with the fields applied (validated).
+    Choosing a preset fills the fields with its values (the method stays);
+    :meth:`config` is the preset with the method and the fields applied (validated).
     """
+
+    #: Emitted with the method's name when another method is chosen.
+    method_changed = Signal(str)
 
     def __init__(self) -> None:
         super().__init__()
         form = QFormLayout(self)
         form.setContentsMargins(0, 0, 0, 0)
+        self.method_box = QComboBox()
+        for index, method in enumerate(list_methods()):
+            self.method_box.addItem(
+                f"{method.title} ({SUPERVISION_WORDS[method.supervision]})", method.name)
+            self.method_box.setItemData(
+                index, f"{method.description}\nNeeds: {SUPERVISIONS[method.supervision]}",
+                Qt.ItemDataRole.ToolTipRole)
+        self.method_box.setToolTip("What to train; docs/methods.md compares the methods")
+        self.method_box.currentIndexChanged.connect(self._on_method_index)
+        form.addRow("Method", self.method_box)
         self.preset_box = QComboBox()
         self.preset_box.addItems(list(PRESETS))
         self.preset_box.setToolTip("fast: CPU, minutes; paper: the paper's settings, for GPUs; "
@@ -62,12 +81,27 @@ class TrainingSettings(QWidget):
         self.preset_box.setCurrentText("fast")
         self.load_preset("fast")
 
+    def method(self) -> str:
+        """The chosen method's name."""
+        return str(self.method_box.currentData())
+
+    def set_method(self, name: str) -> None:
+        """Choose a method by name (unknown names are ignored)."""
+        index = self.method_box.findData(name)
+        if index >= 0:
+            self.method_box.setCurrentIndex(index)
+
+    def _on_method_index(self, _index: int) -> None:
+        """Announce the newly chosen method."""
+        self.method_changed.emit(self.method())
+
     def load_preset(self, name: str) -> None:
-        """Fill the fields with a preset's values."""
-        self.show_config(preset(name))
+        """Fill the fields with a preset's values (the chosen method stays)."""
+        self.show_config(preset(name, method=self.method() or "scorecam_unet"))
 
     def show_config(self, config: ArtSegConfig) -> None:
         """Fill the form from a config."""
+        self.set_method(config.method)
         self.preset_box.blockSignals(True)
         self.preset_box.setCurrentText(config.preset)
         self.preset_box.blockSignals(False)
@@ -76,14 +110,17 @@ class TrainingSettings(QWidget):
         self.device_box.setCurrentIndex(max(0, self.device_box.findData(config.device)))
 
     def values(self) -> dict[str, Any]:
-        """The form's values: ``preset``, the :data:`FORM_FIELDS` and ``device``."""
-        values: dict[str, Any] = {"preset": self.preset_box.currentText()}
+        """The form's values: ``method``, ``preset``, the :data:`FORM_FIELDS` and ``device``."""
+        values: dict[str, Any] = {"method": self.method(),
+                                  "preset": self.preset_box.currentText()}
         values.update({name: self.fields[name].value() for name in FORM_FIELDS})
         values["device"] = self.device_box.currentData()
         return values
 
     def set_values(self, values: dict[str, Any]) -> None:
         """Fill the form from :meth:`values` output (unknown keys are ignored)."""
+        if values.get("method") in METHODS:
+            self.set_method(values["method"])
         name = values.get("preset")
         if name in PRESETS:
             self.load_preset(name)
@@ -104,6 +141,11 @@ class TrainingSettings(QWidget):
         values = self.values()
         name = values.pop("preset")
         return preset(name, **{**values, **overrides})
+
+    def supervision_text(self) -> str:
+        """What the chosen method needs, in words."""
+        method = get_method(self.method())
+        return f"Needs {SUPERVISIONS[method.supervision]}."
 
 
 def _spin(low: int, high: int, tip: str, step: int = 1) -> QSpinBox:

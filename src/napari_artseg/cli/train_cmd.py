@@ -1,4 +1,4 @@
-"""``artseg train``: train ScoreCAM-U-Net from image-level labels (and curated masks)."""
+"""``artseg train``: train a model of any method (ScoreCAM-U-Net by default)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from ..config import PRESETS, ArtSegConfig, preset
+from ..config import ANOMALY_METHODS, METHODS, PRESETS, ArtSegConfig, preset
 from ..errors import ArtSegError
 from ..labels_file import read_labels_csv
 from .progress import run_with_progress
@@ -18,12 +18,20 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     """Register the ``train`` sub-command."""
     parser = sub.add_parser(
         "train", help="train a model from labels.csv",
-        description="Train the classifier, make Score-CAM pseudo-labels, train the U-Net, "
-                    "choose thresholds on the validation split and write a model folder.")
+        description="Train a model of one method (default scorecam_unet: the classifier, "
+                    "Score-CAM pseudo-labels, the U-Net), choose thresholds on the validation "
+                    "split and write a model folder. Methods: " + ", ".join(METHODS)
+                    + " (artseg train --list-methods describes them).")
+    parser.add_argument("--method", choices=METHODS, metavar="NAME",
+                        help="the method to train (default: the preset's or config's, "
+                             "scorecam_unet): " + ", ".join(METHODS))
+    parser.add_argument("--list-methods", action="store_true",
+                        help="list the methods with the supervision each needs, and exit")
     parser.add_argument("--project", help="an artseg project folder (instead of --images/--labels; "
                                           "its masks/ are used as curated masks)")
     parser.add_argument("--images", help="image folder the labels refer to")
-    parser.add_argument("--labels", help="labels.csv (image,label)")
+    parser.add_argument("--labels", help="labels.csv (image,label); optional for a method "
+                                          "that needs no labels (cdl)")
     parser.add_argument("--out", help="model folder to create (with --project: default "
                                       "models/<UTC time>-<method>/)")
     parser.add_argument("--preset", default="fast", choices=sorted(PRESETS),
@@ -32,7 +40,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                         help="override one setting, e.g. --set scorecam_weighting=softmax")
     parser.add_argument("--device", choices=("auto", "cpu", "cuda", "mps"), help="compute device")
-    parser.add_argument("--epochs", type=int, help="epochs for both networks")
+    parser.add_argument("--epochs", type=int, help="epochs for every network (classifier, "
+                                                   "U-Net, anomaly detectors)")
     parser.add_argument("--masks", help="folder of curated masks <key>.tif")
     parser.add_argument("--init", help="model folder to fine-tune from")
     parser.add_argument("--seed", type=int, help="random seed")
@@ -73,13 +82,50 @@ def build_config(args: argparse.Namespace) -> ArtSegConfig:
     else:
         config = preset(args.preset)
     changes = dict(parse_override(item) for item in args.set)
+    if getattr(args, "method", None):
+        changes["method"] = args.method
     if args.device:
         changes["device"] = args.device
     if args.epochs is not None:
         changes["classifier_epochs"] = changes["unet_epochs"] = args.epochs
+        params = changes.get("anomaly_params", config.anomaly_params)
+        changes["anomaly_params"] = detector_epochs(params, args.epochs)
     if args.seed is not None:
         changes["seed"] = args.seed
     return ArtSegConfig.from_dict({**config.to_dict(), **changes}, "command line")
+
+
+def detector_epochs(params: Any, epochs: int) -> Any:
+    """``anomaly_params`` with ``epochs`` set for every detector that has that parameter."""
+    if not isinstance(params, dict):
+        return params  # the config's validation names the problem
+    from ..methods.anomaly_methods import detector_class
+
+    out = {name: dict(value) if isinstance(value, dict) else value
+           for name, value in params.items()}
+    for name in ANOMALY_METHODS:
+        try:
+            defaults = detector_class(name).default_params()
+        except ArtSegError:
+            continue
+        if "epochs" in defaults and isinstance(out.setdefault(name, {}), dict):
+            out[name]["epochs"] = epochs
+    return out
+
+
+def list_methods_text() -> str:
+    """The methods, their supervision and description, for ``--list-methods``."""
+    import textwrap
+
+    from ..methods import SUPERVISIONS, list_methods
+
+    lines = []
+    for method in list_methods():
+        lines.append(f"{method.name:16s} {method.title}")
+        lines.append(f"{'':16s} needs: {SUPERVISIONS[method.supervision]}")
+        lines += textwrap.wrap(method.description, 84, initial_indent=" " * 17,
+                               subsequent_indent=" " * 17)
+    return "\n".join(lines)
 
 
 def existing_labels(images: Path, labels_path: Path) -> dict[str, str]:
@@ -105,9 +151,15 @@ def model_folder_name(method: str) -> str:
 
 def run(args: argparse.Namespace) -> int:
     """Train and print where the model went."""
+    from ..methods import get_method
     from ..training import train_pipeline
 
+    if args.list_methods:
+        print(list_methods_text())
+        return 0
     config = build_config(args)
+    method = get_method(config.method)
+    needs_labels = method.supervision != "none"
     project = None
     if args.project:
         from ..project import Project
@@ -123,8 +175,9 @@ def run(args: argparse.Namespace) -> int:
 
             if curated_images(project):
                 return run_retrain(args, project, config, out)
-    elif args.images and args.labels and args.out:
-        images, labels_path, out = Path(args.images), Path(args.labels), Path(args.out)
+    elif args.images and args.out and (args.labels or not needs_labels):
+        images, out = Path(args.images), Path(args.out)
+        labels_path = Path(args.labels) if args.labels else None
         masks = args.masks
     else:
         raise ArtSegError("give --images, --labels and --out (or --project)")
@@ -137,11 +190,14 @@ def run(args: argparse.Namespace) -> int:
     remove_stale_temporaries(out.parent)
     if out.exists():
         raise ArtSegError(f"{out}: already exists; choose a new model folder")
-    labels = existing_labels(images, labels_path)
+    labels = existing_labels(images, labels_path) if labels_path else {}
+    if project is not None and not needs_labels:
+        labels = {key: labels.get(key, "unsure") for key in project.images()}
+    method.check_inputs(labels, masks, config)
     generator = train_pipeline(images, labels, out, config, masks_dir=masks, init=args.init)
     folder = run_with_progress(generator, quiet=args.quiet)
     document = json.loads((folder / "config.json").read_text(encoding="utf-8"))
-    print(f"model {document['model_id']} written to {folder}")
+    print(f"{document['method']} model {document['model_id']} written to {folder}")
     print("thresholds: " + ", ".join(f"{k} {v:.4g}" for k, v in document["thresholds"].items()))
     if project is not None:
         project.set_current_model(folder)

@@ -91,14 +91,14 @@ class Method:
         """
         counts = label_counts(labels)
         if self.supervision == "image_labels" and min(counts.values()) < 2:
-            return (f"{self.name} needs at least 2 clean and 2 artifact images; got "
+            return (f"{self.title} needs at least 2 clean and 2 artifact images; got "
                     f"{counts['clean']} clean and {counts['artifact']} artifact: label more "
                     "images of the missing class")
         if self.supervision == "clean_images" and counts["clean"] < 2:
-            return (f"{self.name} trains on clean images only and needs at least 2 images "
+            return (f"{self.title} trains on clean images only and needs at least 2 images "
                     f"labelled clean; got {counts['clean']}: label clean images")
         if self.supervision == "pixel_masks" and count_masked(labels, masks_dir) < 2:
-            return (f"{self.name} needs pixel masks: at least 2 labelled images with a mask "
+            return (f"{self.title} needs pixel masks: at least 2 labelled images with a mask "
                     f"<image>.tif in {masks_dir or 'a masks folder'}; found "
                     f"{count_masked(labels, masks_dir)}")
         return ""

@@ -113,7 +113,7 @@ class Ensemble(Method):
             if entry in METHODS:
                 message = get_method(entry).missing_inputs(labels, masks_dir)
                 if message:
-                    return f"ensemble member {message}"
+                    return f"Ensemble member {message}"
         return ""
 
     def load(self, folder: Path, document: dict[str, Any], device: torch.device) -> ArtSegModel:
