@@ -36,7 +36,7 @@ from pathlib import Path
 import numpy as np
 
 from ..atomic import atomic_folder
-from ..errors import ImageReadError
+from ..errors import ArtSegError, ImageReadError
 from .blocked import (
     BLOCK_TILES,
     input_chunks,
@@ -140,18 +140,15 @@ def small_unet(ref: ModelRef, image: np.ndarray) -> np.ndarray:
     return cached_model(ref).unet_map(torch.from_numpy(image)[None], image.shape)
 
 
-def probability_map(model, ref: ModelRef, path: Path, compute, gate: bool,
-                    block_tiles: int = BLOCK_TILES):
-    """The lazy full-resolution probability map of a stored image, its score and the gate.
+def tiles_its_unet(model) -> bool:
+    """True when the model's map is its ``unet`` tiled over the image (what blocks reproduce)."""
+    from ..predictor import ArtSegModel
 
-    Returns
-    -------
-    tuple
-        ``(prob, score, passed, pixel_size_um)``; ``prob`` is a float32 dask
-        array (zeros when the gate called the image clean).
-    """
-    import dask.array as da
+    return model.unet is not None and type(model)._compute_map is ArtSegModel._compute_map
 
+
+def _prepared(model, path: Path, compute, block_tiles: int):
+    """The lazy normalised processing-scale image, the classifier's view and image facts."""
     from ..normalize import scaled_shape
     from .sources import open_grey, zarr_header
 
@@ -174,26 +171,63 @@ def probability_map(model, ref: ModelRef, path: Path, compute, gate: bool,
         std = max(math.sqrt(max(squares / count - mean * mean, 0.0)), 1e-6)
         view = (view - mean) / std
         prepared = (prepared - np.float32(mean)) / np.float32(std)
-    score = float(compute(_score(ref, view))[0])
-    passed = score >= float(model.thresholds.get("gate", 0.5)) or not gate
-    if not passed:
-        return da.zeros(full, dtype=np.float32, chunks=2048), score, False, reader.pixel_size_um
-    if small[0] <= tile and small[1] <= tile:  # one pass, padded to the divisor only
-        import dask
-
-        task = dask.delayed(small_unet, pure=True)(ref, prepared.rechunk(-1))
-        unet = da.from_delayed(task, small, dtype=np.float32)
-    else:
-        run = partial(run_unet_tiles, ref)
-        unet = unet_blocked(_pad_to_tile(prepared, tile), tile, halo, run)[:small[0], :small[1]]
-    prob = resize_blocked(unet, full)
-    return da.clip(prob, 0, 1), score, True, reader.pixel_size_um
+    return prepared, view, full, reader.pixel_size_um
 
 
-def _score(ref: ModelRef, view: np.ndarray):
+def _processing_map(model, ref: ModelRef, prepared):
+    """The lazy U-Net map at the processing scale (tiled as in memory)."""
     import dask
+    import dask.array as da
 
-    return dask.delayed(score_view, pure=True)(ref, view)
+    tile, halo = model.config.input_size, model.config.tile_halo
+    small = tuple(prepared.shape)
+    if small[0] <= tile and small[1] <= tile:  # one pass, padded to the divisor only
+        task = dask.delayed(small_unet, pure=True)(ref, prepared.rechunk(-1))
+        return da.from_delayed(task, small, dtype=np.float32)
+    run = partial(run_unet_tiles, ref)
+    return unet_blocked(_pad_to_tile(prepared, tile), tile, halo, run)[:small[0], :small[1]]
+
+
+def probability_map(model, ref: ModelRef, path: Path, compute, gate: bool, scratch: Path,
+                    block_tiles: int = BLOCK_TILES):
+    """The lazy full-resolution probability map of a stored image, its score and the gate.
+
+    The gate score is the classifier's on the whole-image view, or, for a model
+    without a classifier, the maximum of the map (which is then computed first,
+    into ``scratch``).
+
+    Returns
+    -------
+    tuple
+        ``(prob, score, passed, pixel_size_um)``; ``prob`` is a float32 dask
+        array (zeros when the gate called the image clean).
+
+    Raises
+    ------
+    ArtSegError
+        The model's map is not a tiled network (those methods need the whole image).
+    """
+    import dask
+    import dask.array as da
+
+    from .zarr_io import open_lazy, store
+
+    if not tiles_its_unet(model):
+        raise ArtSegError(f"{path}: method {model.method} maps whole images; block-by-block "
+                          "prediction needs a U-Net method (e.g. scorecam_unet)")
+    prepared, view, full, pixel_size = _prepared(model, path, compute, block_tiles)
+    cut = float(model.thresholds.get("gate", 0.5))
+    if model.has_classifier:
+        score = float(compute(dask.delayed(score_view, pure=True)(ref, view))[0])
+        unet = None
+    else:
+        store(_processing_map(model, ref, prepared), scratch, None, compute.keywords["scheduler"])
+        unet = open_lazy(scratch)
+        score = float(compute(unet.max())[0])
+    if score < cut and gate:
+        return da.zeros(full, dtype=np.float32, chunks=2048), score, False, pixel_size
+    unet = _processing_map(model, ref, prepared) if unet is None else unet
+    return da.clip(resize_blocked(unet, full), 0, 1), score, True, pixel_size
 
 
 def predict_store(model, path: str | os.PathLike, out: str | os.PathLike, key: str,
@@ -234,17 +268,12 @@ def predict_store(model, path: str | os.PathLike, out: str | os.PathLike, key: s
     else:
         ref = ModelRef(str(Path(model.folder).resolve()), model.model_id, device)
     compute, scheduler = _runner(client)
-    prob, score, passed, pixel_size = probability_map(model, ref, path, compute, gate,
-                                                      block_tiles)
-    full = tuple(prob.shape)
-    cut = float(model.thresholds.get("mask", 0.5)) if threshold is None else float(threshold)
-    size = model.min_size_for(pixel_size) if min_size_px is None else int(min_size_px)
     keep_zarr = path.is_dir()
     names = {kind: out / f"{key}_{kind}.zarr" for kind in ("prob", "mask")}
     with ExitStack() as stack:
         folders = {}
-        for kind, final in names.items():
-            if keep_zarr:
+        for kind, final in [*names.items(), ("scratch", out / f"{key}_map.zarr")]:
+            if keep_zarr and kind != "scratch":
                 folders[kind] = stack.enter_context(atomic_folder(final, overwrite=True))
             else:
                 final.parent.mkdir(parents=True, exist_ok=True)
@@ -252,6 +281,11 @@ def predict_store(model, path: str | os.PathLike, out: str | os.PathLike, key: s
                                         dir=final.parent)
                 stack.callback(shutil.rmtree, temp, True)
                 folders[kind] = Path(temp)
+        prob, score, passed, pixel_size = probability_map(model, ref, path, compute, gate,
+                                                          folders["scratch"], block_tiles)
+        full = tuple(prob.shape)
+        cut = float(model.thresholds.get("mask", 0.5)) if threshold is None else float(threshold)
+        size = model.min_size_for(pixel_size) if min_size_px is None else int(min_size_px)
         store(prob, folders["prob"], pixel_size, scheduler)
         pixels, count = 0, 0
         if passed:
