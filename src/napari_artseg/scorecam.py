@@ -10,6 +10,20 @@ the scores weight the (un-normalised, upsampled) activation maps:
 :func:`scorecam_reference` is the plain one-forward-pass-per-channel loop that
 defines the expected result (tests and benchmarks compare the two).
 
+Speed and memory of :func:`scorecam` (exact unless stated)
+----------------------------------------------------------
+- Constant channels get no masked pass (they share one all-zero pass).
+- Masks are built chunk by chunk into one reused buffer of ``batch_size``
+  masked inputs, so memory does not grow with K.
+- Masked passes run through a copy of the classifier with batch norms folded
+  into the convolutions (float rounding only); optional ``channels_last``.
+- ``batch_size="auto"`` measures the fastest batch size once per process
+  (:mod:`napari_artseg.scorecam_tuning`); on CUDA the batch is capped by free
+  memory and bf16 autocast is available (``amp=True``, not exact).
+- Approximations, off by default: ``max_channels`` (top-N channels by
+  variance, Faster-Score-CAM) and ``score_scale`` (masked inputs scored at a
+  reduced resolution).
+
 Definitions shared by both functions
 ------------------------------------
 - A channel is *constant* when ``max(A_k) - min(A_k) < 1e-12`` on the
@@ -31,6 +45,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from napari_artseg.device import autocast
 from napari_artseg.models.resnet import ResNetClassifier
 
 WEIGHTINGS: tuple[str, ...] = ("probability", "softmax", "baseline")
@@ -97,12 +112,6 @@ def constant_channels(acts: torch.Tensor) -> torch.Tensor:
     return (acts.amax(dim=(-2, -1)) - acts.amin(dim=(-2, -1))) < _EPS
 
 
-def _masks(acts: torch.Tensor, constant: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
-    """Upsampled, normalised maps (B, H, W) of the channels ``acts`` (B, h, w)."""
-    norm = normalise_maps(upsample_to(acts, size))
-    return norm.masked_fill(constant[:, None, None], 0.0)
-
-
 def _weights(logits: torch.Tensor, weighting: str, zero_logit: torch.Tensor | None) -> torch.Tensor:
     """Channel weights (float64) from the masked-input logits (float64)."""
     if weighting == "probability":
@@ -143,20 +152,9 @@ class _EvalMode:
             module.training = flag
 
 
-class _ZeroLogit:
-    """Logit of an all-zero input of a given shape, computed at most once."""
-
-    def __init__(self, model: nn.Module, shape: tuple[int, ...], like: torch.Tensor) -> None:
-        self.model = model
-        self.shape = shape
-        self.like = like
-        self.value: torch.Tensor | None = None
-
-    def get(self) -> torch.Tensor:
-        if self.value is None:
-            zeros = torch.zeros(self.shape, dtype=self.like.dtype, device=self.like.device)
-            self.value = self.model(zeros).double().reshape(())
-        return self.value
+def scoring_size(shape: tuple[int, int], score_scale: float) -> tuple[int, int]:
+    """(H, W) at which masked inputs are scored: ``round(shape * score_scale)``, at least 1."""
+    return max(1, round(shape[0] * score_scale)), max(1, round(shape[1] * score_scale))
 
 
 def _select_channels(acts: torch.Tensor, max_channels: int | None) -> torch.Tensor:
@@ -168,66 +166,121 @@ def _select_channels(acts: torch.Tensor, max_channels: int | None) -> torch.Tens
     return torch.topk(variance, max_channels).indices.sort().values
 
 
-def _scorecam_one(
-    model: ResNetClassifier,
-    image: torch.Tensor,
-    buffer: torch.Tensor,
-    weighting: str,
-    skip_dead: bool,
-    max_channels: int | None,
-    zero_logit: _ZeroLogit,
-) -> torch.Tensor:
+def _masks_in_place(acts: torch.Tensor, constant: torch.Tensor,
+                    size: tuple[int, int]) -> torch.Tensor:
+    """Upsampled, normalised maps (B, H, W) of ``acts`` (B, h, w); one (B, H, W) allocation.
+
+    Same arithmetic as :func:`normalise_maps`; constant channels give all-zero maps.
+    """
+    maps = upsample_to(acts, size)
+    low = maps.amin(dim=(-2, -1), keepdim=True)
+    span = maps.amax(dim=(-2, -1), keepdim=True) - low
+    valid = (span >= _EPS) & ~constant[:, None, None]
+    return maps.sub_(low).div_(torch.where(valid, span, torch.ones_like(span))).mul_(valid)
+
+
+class _MaskedPasses:
+    """Scores masked inputs in chunks through one reused (batch, C, h, w) buffer."""
+
+    def __init__(self, network: nn.Module, channels: int, size: tuple[int, int], batch: int,
+                 like: torch.Tensor, amp: bool, channels_last: bool) -> None:
+        self.network = network
+        self.size = size
+        self.amp = amp
+        self.device = like.device
+        memory_format = torch.channels_last if channels_last else torch.contiguous_format
+        self.buffer = torch.empty((batch, channels, *size), dtype=like.dtype,
+                                  device=like.device, memory_format=memory_format)
+        self._zero: torch.Tensor | None = None
+
+    def _forward(self, batch: torch.Tensor) -> torch.Tensor:
+        with autocast(self.device, self.amp):
+            return self.network(batch).double().reshape(-1)
+
+    def zero_logit(self) -> torch.Tensor:
+        """The logit of an all-zero (= image mean) input at the scoring size, computed once."""
+        if self._zero is None:
+            zeros = self.buffer[:1].zero_()
+            self._zero = self._forward(zeros).reshape(())
+        return self._zero
+
+    def logits(self, image: torch.Tensor, acts: torch.Tensor, constant: torch.Tensor,
+               rows: torch.Tensor) -> torch.Tensor:
+        """float64 logits of ``image`` (C, H, W) masked by the maps ``acts[rows]``."""
+        small = image
+        if tuple(image.shape[-2:]) != self.size:
+            small = F.interpolate(image[None], size=self.size, mode="area")[0]
+        out = torch.empty(rows.numel(), dtype=torch.float64, device=image.device)
+        chunk = self.buffer.shape[0]
+        for start in range(0, rows.numel(), chunk):
+            part = rows[start : start + chunk]
+            masked = self.buffer[: part.numel()]
+            torch.mul(small[None], _masks_in_place(acts[part], constant[part], self.size)[:, None],
+                      out=masked)
+            out[start : start + part.numel()] = self._forward(masked)
+        return out
+
+
+def _scorecam_one(model: nn.Module, image: torch.Tensor, passes: _MaskedPasses,
+                  weighting: str, skip_dead: bool, max_channels: int | None) -> torch.Tensor:
     """Fast Score-CAM of one image (C, H, W) -> (H, W) float32."""
     size = (image.shape[-2], image.shape[-1])
-    acts = model.features(image[None])[0]
-    keep = _select_channels(acts, max_channels)
-    kept = acts[keep]
+    acts = model.features(image[None])[0].float()
+    kept = acts[_select_channels(acts, max_channels)]
     constant = constant_channels(kept)
+    rows = torch.nonzero(~constant).flatten() if skip_dead else torch.arange(kept.shape[0])
+    rows = rows.to(image.device)
     logits = torch.empty(kept.shape[0], dtype=torch.float64, device=image.device)
-
-    passes = (
-        torch.nonzero(~constant).flatten()
-        if skip_dead
-        else torch.arange(kept.shape[0], device=image.device)
-    )
-    chunk = buffer.shape[0]
-    for start in range(0, passes.numel(), chunk):
-        rows = passes[start : start + chunk]
-        masked = buffer[: rows.numel()]
-        torch.mul(image[None], _masks(kept[rows], constant[rows], size)[:, None], out=masked)
-        logits[rows] = model(masked).double()
+    logits[rows] = passes.logits(image, kept, constant, rows)
     if skip_dead and bool(constant.any()):
-        logits[constant] = zero_logit.get()
-
-    base = zero_logit.get() if weighting == "baseline" else None
+        logits[constant] = passes.zero_logit()
+    base = passes.zero_logit() if weighting == "baseline" else None
     weights = _weights(logits, weighting, base)
     # Bilinear upsampling is linear: sum_k w_k up(A_k) == up(sum_k w_k A_k).
     cam_low = torch.einsum("k,khw->hw", weights, kept.double())
     return _finalise(cam_low, size)
 
 
+def _check_options(batch_size: int | str, max_channels: int | None, score_scale: float) -> None:
+    if batch_size != "auto" and (isinstance(batch_size, bool) or not isinstance(batch_size, int)
+                                 or batch_size < 1):
+        raise ValueError(f"batch_size must be an integer >= 1 or 'auto', got {batch_size!r}")
+    if max_channels is not None and max_channels < 1:
+        raise ValueError(f"max_channels must be >= 1 or None, got {max_channels}")
+    if not 0 < score_scale <= 1:
+        raise ValueError(f"score_scale must be in (0, 1], got {score_scale}")
+
+
 def scorecam(
     model: ResNetClassifier,
     images: torch.Tensor,
-    batch_size: int = 32,
+    batch_size: int | str = 32,
     weighting: str = "probability",
     skip_dead: bool = True,
     max_channels: int | None = None,
+    score_scale: float = 1.0,
+    fold_batch_norm: bool = True,
+    amp: bool = False,
+    channels_last: bool = False,
 ) -> torch.Tensor:
     """Score-CAM saliency maps of the artifact class, memory-bounded and batched.
 
     Parameters
     ----------
     model : ResNetClassifier
-        Classifier with ``features`` (target layer) and ``forward`` (logits).
-        It is put in eval mode for the call; every module's training flag is
-        restored afterwards.
+        Classifier with ``features`` (target layer), ``forward`` (logits) and
+        ``num_feature_channels``. It is put in eval mode for the call; every
+        module's training flag is restored afterwards. It is never modified.
     images : torch.Tensor
         Shape (N, C, H, W), float, on the model's device, already zero-centred
         per image (masking then blends towards the image mean, 0).
-    batch_size : int
+    batch_size : int or "auto"
         Masked inputs scored per forward pass; at most ``batch_size`` masked
-        inputs exist at a time (one reused buffer).
+        inputs exist at a time (one reused buffer), so memory does not grow
+        with K. ``"auto"`` times a few batch sizes on this model, device and
+        size once per process and uses the fastest
+        (:func:`~napari_artseg.scorecam_tuning.choose_batch_size`). On CUDA the
+        batch is also capped to fit half the free memory.
     weighting : {"probability", "softmax", "baseline"}
         ``"probability"``: ``w_k = sigmoid(logit_k)`` (ArtSeg paper).
         ``"softmax"``: softmax of the masked logits over the channels (Score-CAM
@@ -237,9 +290,20 @@ def scorecam(
         their masked input is all zero, so they share one all-zero pass per
         call. This is exact (same result as ``False``), only faster.
     max_channels : int or None
-        If set, keep only the ``max_channels`` channels with the largest spatial
-        variance of ``A_k`` (Faster-Score-CAM approximation); the others are
-        dropped from the sum and from the softmax. ``None`` or >= K is exact.
+        Approximation: keep only the ``max_channels`` channels with the largest
+        spatial variance of ``A_k`` (Faster-Score-CAM); the others are dropped
+        from the sum and from the softmax. ``None`` or >= K is exact.
+    score_scale : float
+        Approximation: score the masked inputs at ``score_scale`` times the
+        image size (image area-averaged, maps upsampled to that size); the
+        activation maps and the result stay at full size. 1.0 is exact.
+    fold_batch_norm : bool
+        Run the masked passes through a copy of the classifier with batch norms
+        folded into the convolutions (same logits up to float rounding).
+    amp : bool
+        bf16 autocast of the forward passes on CUDA (not exact); ignored elsewhere.
+    channels_last : bool
+        Masked passes in ``channels_last`` memory format (a copy of the weights).
 
     Returns
     -------
@@ -250,30 +314,36 @@ def scorecam(
     Raises
     ------
     ValueError
-        For a bad ``weighting``, ``batch_size`` < 1, ``max_channels`` < 1 or
-        ``images`` that are not 4-D.
+        For a bad ``weighting``, ``batch_size``, ``max_channels`` or
+        ``score_scale``, or ``images`` that are not 4-D.
     """
+    from .scorecam_tuning import _signature, choose_batch_size, cuda_batch_limit, scoring_network
+
     _check_args(images, weighting)
-    if batch_size < 1:
-        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-    if max_channels is not None and max_channels < 1:
-        raise ValueError(f"max_channels must be >= 1 or None, got {max_channels}")
+    _check_options(batch_size, max_channels, score_scale)
     n, channels, height, width = images.shape
-    with _EvalMode(model), torch.inference_mode():
-        chunk = min(batch_size, model.num_feature_channels)
-        buffer = torch.empty(
-            (chunk, channels, height, width), dtype=images.dtype, device=images.device
-        )
-        zero_logit = _ZeroLogit(model, (1, channels, height, width), images)
-        maps = [
-            _scorecam_one(model, images[i], buffer, weighting, skip_dead, max_channels, zero_logit)
-            for i in range(n)
-        ]
-        result = (
-            torch.stack(maps)
-            if maps
-            else torch.zeros((0, height, width), dtype=torch.float32, device=images.device)
-        )
+    size = scoring_size((height, width), score_scale)
+    sample = (channels, *size)
+    k = model.num_feature_channels if max_channels is None else min(
+        max_channels, model.num_feature_channels)
+    with _EvalMode(model):
+        network = scoring_network(model, fold_batch_norm, channels_last)
+        with torch.inference_mode():
+            if batch_size == "auto":
+                batch = choose_batch_size(network, sample, k, images.device, amp, channels_last,
+                                          signature=_signature(model))
+            else:
+                batch = min(int(batch_size), k,
+                            cuda_batch_limit(network, sample, images.device, amp))
+            passes = _MaskedPasses(network, channels, size, max(1, batch), images, amp,
+                                   channels_last)
+            maps = [_scorecam_one(model, images[i], passes, weighting, skip_dead, max_channels)
+                    for i in range(n)]
+            result = (
+                torch.stack(maps)
+                if maps
+                else torch.zeros((0, height, width), dtype=torch.float32, device=images.device)
+            )
     return result.clone()
 
 

@@ -4,17 +4,30 @@ from __future__ import annotations
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 from napari_artseg.models import ResNetClassifier
 from napari_artseg.scorecam import (
     WEIGHTINGS,
     constant_channels,
+    normalise_maps,
     scorecam,
     scorecam_reference,
+    scoring_size,
     upsample_to,
 )
 
 ATOL = 1e-5
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """Tiny tensors run on one thread: on a shared 2-core machine two OpenMP threads
+    wait for each other on every small operation (measured 10-40x slower)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
 
 
 def _randomise_batch_norms(model: torch.nn.Module, seed: int = 0) -> None:
@@ -34,9 +47,10 @@ def _randomise_batch_norms(model: torch.nn.Module, seed: int = 0) -> None:
                 module.running_var.copy_(torch.rand(n, generator=gen) + 0.5)
 
 
-def _model(depth: int = 18, stem_pool: bool = True, seed: int = 0) -> ResNetClassifier:
+def _model(depth: int = 18, stem_pool: bool = True, seed: int = 0,
+           width: int = 4) -> ResNetClassifier:
     torch.manual_seed(seed)
-    model = ResNetClassifier(depth=depth, width=4, stem_pool=stem_pool)
+    model = ResNetClassifier(depth=depth, width=width, stem_pool=stem_pool)
     _randomise_batch_norms(model, seed)
     with torch.no_grad():  # logits grow with activation: masking changes the score
         model.fc.weight.abs_().mul_(0.02)
@@ -80,17 +94,19 @@ def _check_maps(maps: torch.Tensor, shape: tuple[int, ...]) -> None:
 
 
 @pytest.mark.parametrize(
-    "depth, stem_pool, size",
-    [(18, True, (64, 64)), (18, False, (64, 96)), (50, True, (64, 64)), (50, False, (48, 64))],
+    "depth, width, stem_pool, size",
+    [(18, 4, True, (64, 64)), (18, 6, False, (48, 80)), (50, 2, True, (64, 64)),
+     (50, 3, False, (48, 64))],
 )
-def test_fast_matches_reference(depth: int, stem_pool: bool, size: tuple[int, int]) -> None:
-    model = _model(depth, stem_pool)
+def test_fast_matches_reference(depth: int, width: int, stem_pool: bool,
+                                size: tuple[int, int]) -> None:
+    model = _model(depth, stem_pool, width=width)
     images = _images(1, size)
     for weighting in WEIGHTINGS:
         ref = scorecam_reference(model, images, weighting=weighting)
         _check_maps(ref, (1, *size))
         assert ref.max() == 1.0  # a non-trivial map
-        for batch_size in (1, 3, 64):
+        for batch_size in (1, 5, 1000):
             fast = scorecam(model, images, batch_size=batch_size, weighting=weighting)
             _check_maps(fast, (1, *size))
             torch.testing.assert_close(fast, ref, atol=ATOL, rtol=0)
@@ -111,13 +127,11 @@ def test_dead_and_constant_channels_match_reference() -> None:
 
     for weighting in WEIGHTINGS:
         ref = scorecam_reference(model, images, weighting=weighting)
-        for skip_dead in (True, False):
-            for batch_size in (1, 3, 64):
-                fast = scorecam(
-                    model, images, batch_size=batch_size, weighting=weighting, skip_dead=skip_dead
-                )
-                _check_maps(fast, (2, 64, 64))
-                torch.testing.assert_close(fast, ref, atol=ATOL, rtol=0)
+        for skip_dead, batch_size, fold in ((True, 1, True), (True, 3, False), (False, 64, True)):
+            fast = scorecam(model, images, batch_size=batch_size, weighting=weighting,
+                            skip_dead=skip_dead, fold_batch_norm=fold)
+            _check_maps(fast, (2, 64, 64))
+            torch.testing.assert_close(fast, ref, atol=ATOL, rtol=0)
 
 
 def test_skip_dead_saves_passes_and_bounds_batches() -> None:
@@ -128,12 +142,14 @@ def test_skip_dead_saves_passes_and_bounds_batches() -> None:
         n_constant = int(constant_channels(model.features(images)[0]).sum())
     assert n_constant >= 7  # the forced ones, maybe some dead by chance
     batches: list[int] = []
-    handle = model.register_forward_hook(lambda m, inp, out: batches.append(inp[0].shape[0]))
+    # the head's linear layer runs once per forward() (features() does not reach it); the
+    # batch-norm-folded copy of the model shares the hook through its copy of the layer
+    handle = model.fc.register_forward_hook(lambda m, inp, out: batches.append(inp[0].shape[0]))
     try:
         scorecam(model, images, batch_size=5, skip_dead=True)
         with_skip = list(batches)
         batches.clear()
-        scorecam(model, images, batch_size=5, skip_dead=False)
+        scorecam(model, images, batch_size=5, skip_dead=False, fold_batch_norm=False)
         without_skip = list(batches)
     finally:
         handle.remove()
@@ -195,6 +211,11 @@ def test_invalid_arguments() -> None:
         scorecam(model, images, weighting="gradcam")
     with pytest.raises(ValueError, match="batch_size"):
         scorecam(model, images, batch_size=0)
+    with pytest.raises(ValueError, match="batch_size"):
+        scorecam(model, images, batch_size="fastest")
+    for bad in (0.0, -0.5, 1.5):
+        with pytest.raises(ValueError, match="score_scale"):
+            scorecam(model, images, score_scale=bad)
     with pytest.raises(ValueError, match="max_channels"):
         scorecam(model, images, max_channels=0)
     with pytest.raises(ValueError, match="shape"):
@@ -208,3 +229,186 @@ def test_upsample_to_shapes() -> None:
     const = torch.full((1, 1, 2, 3), 5.0)
     torch.testing.assert_close(upsample_to(const, (64, 96)), torch.full((1, 1, 64, 96), 5.0))
 
+
+
+# ----------------------------------------------------------------- reduced-resolution scoring
+
+
+def _reduced_resolution_reference(model: ResNetClassifier, image: torch.Tensor,
+                                  scale: float) -> torch.Tensor:
+    """A plain loop of the ``score_scale`` definition: each channel's map upsampled to the
+    scoring size, normalised, times the area-averaged image, scored; weights on full maps."""
+    size = tuple(image.shape[-2:])
+    small_size = scoring_size(size, scale)
+    with torch.no_grad():
+        small = F.interpolate(image[None], size=small_size, mode="area")[0]
+        acts = model.eval().features(image[None])[0]
+        logits = []
+        for k in range(acts.shape[0]):
+            mask = normalise_maps(upsample_to(acts[k : k + 1], small_size))
+            if constant_channels(acts[k : k + 1])[0]:
+                mask = torch.zeros_like(mask)
+            logits.append(model((small * mask)[None]).double()[0])
+        weights = torch.sigmoid(torch.stack(logits))
+        cam = sum(w * upsample_to(acts[k : k + 1], size)[0].double()
+                  for k, w in enumerate(weights))
+        return normalise_maps(torch.relu(cam)).float()
+
+
+def test_score_scale_matches_its_definition_and_scores_smaller_inputs() -> None:
+    model = _model(18, stem_pool=False)
+    images = _images(1, (64, 96))
+    seen: list[tuple[int, ...]] = []
+    handle = model.stem[0].register_forward_hook(
+        lambda m, inp, out: seen.append(tuple(inp[0].shape[-2:])))
+    try:
+        half = scorecam(model, images, batch_size=7, score_scale=0.5, fold_batch_norm=False)
+    finally:
+        handle.remove()
+    _check_maps(half, (1, 64, 96))
+    # one full-size features() pass, every masked pass at the scoring size
+    assert seen[0] == (64, 96) and set(seen[1:]) == {(32, 48)}
+    expected = _reduced_resolution_reference(model, images[0], 0.5)
+    torch.testing.assert_close(half[0], expected, atol=ATOL, rtol=0)
+    # folded batch norms give the same approximation
+    torch.testing.assert_close(scorecam(model, images, score_scale=0.5), half, atol=ATOL, rtol=0)
+    # scale 1 is exact, and a reduced scale is a different (approximate) map
+    exact = scorecam_reference(model, images)
+    torch.testing.assert_close(scorecam(model, images, score_scale=1.0), exact, atol=ATOL, rtol=0)
+    assert (half - exact).abs().max() > 1e-3
+
+
+def test_score_scale_with_top_channels_and_odd_sizes() -> None:
+    model = _model(50, width=2)
+    images = _images(2, (50, 70))
+    both = scorecam(model, images, max_channels=8, score_scale=0.37, weighting="baseline")
+    _check_maps(both, (2, 50, 70))
+    assert scoring_size((50, 70), 0.37) == (18, 26)
+    assert scoring_size((3, 2), 0.1) == (1, 1)
+
+
+# ----------------------------------------------------------------- speed options
+
+
+def test_speed_options_keep_the_exact_result() -> None:
+    model = _model(18, stem_pool=False, width=4)
+    _force_channels(model, dead=[1, 7], constant={3: 0.4})
+    images = _images(1, (48, 64))
+    for weighting in ("softmax", "baseline"):
+        ref = scorecam_reference(model, images, weighting=weighting)
+        for options in ({"channels_last": True}, {"amp": True},  # amp: no-op without CUDA
+                        {"channels_last": True, "fold_batch_norm": False, "batch_size": 4}):
+            fast = scorecam(model, images, weighting=weighting, **options)
+            torch.testing.assert_close(fast, ref, atol=ATOL, rtol=0)
+    # the caller's model is not changed by the folded / channels_last copies
+    conv = model.stem[0].weight
+    assert conv.is_contiguous() and isinstance(model.stem[1], torch.nn.BatchNorm2d)
+
+
+def test_auto_batch_size_is_exact_and_measured_once() -> None:
+    from napari_artseg import scorecam_tuning
+
+    scorecam_tuning.clear_cache()
+    model = _model(18, width=2)
+    images = _images(1, (48, 48))
+    forwards: list[int] = []
+    handle = model.fc.register_forward_hook(lambda m, inp, out: forwards.append(inp[0].shape[0]))
+    try:
+        first = scorecam(model, images, batch_size="auto")
+        calls_first = len(forwards)
+        forwards.clear()
+        second = scorecam(model, images, batch_size="auto")
+        calls_second = len(forwards)
+    finally:
+        handle.remove()
+    ref = scorecam_reference(model, images)
+    torch.testing.assert_close(first, ref, atol=ATOL, rtol=0)
+    torch.testing.assert_close(second, ref, atol=ATOL, rtol=0)
+    assert calls_second < calls_first  # the second call found the choice in the cache
+    scorecam_tuning.clear_cache()
+
+
+def test_choose_batch_size_picks_the_fastest_and_caches() -> None:
+    from napari_artseg.scorecam_tuning import choose_batch_size, clear_cache
+
+    clear_cache()
+    network = _model(18, width=2)
+    cpu = torch.device("cpu")
+    asked: list[int] = []
+
+    def measure(batch: int) -> float:  # seconds per input: 4 is the fastest
+        asked.append(batch)
+        return {1: 3.0, 4: 1.0, 16: 2.0}.get(batch, 5.0)
+
+    assert choose_batch_size(network, (1, 32, 32), 100, cpu, candidates=(1, 4, 16),
+                             measure=measure) == 4
+    assert sorted(asked) == [1, 4, 16]
+    assert choose_batch_size(network, (1, 32, 32), 100, cpu, candidates=(1, 4, 16),
+                             measure=measure) == 4
+    assert len(asked) == 3  # cached: nothing measured again
+    # candidates above the number of passes are capped; ties go to the smaller batch
+    asked.clear()
+    assert choose_batch_size(network, (1, 32, 32), 3, cpu, candidates=(1, 4, 16),
+                             measure=lambda b: asked.append(b) or 1.0) == 1
+    assert sorted(asked) == [1, 3]
+    # the real timer returns positive seconds per input
+    from napari_artseg.scorecam_tuning import cuda_batch_limit, time_batch_size
+
+    assert time_batch_size(network.eval(), (1, 32, 32), 2, cpu, min_samples=2) > 0
+    assert cuda_batch_limit(network, (1, 32, 32), cpu) >= 2**20  # no limit off CUDA
+    clear_cache()
+
+
+class _Untraceable(torch.nn.Module):
+    """A classifier with data-dependent control flow (torch.fx cannot trace it)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = torch.nn.Conv2d(1, 4, 3, padding=1)
+        self.bn = torch.nn.BatchNorm2d(4)
+        self.num_feature_channels = 4
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.relu(self.bn(self.conv(x)))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        feats = self.features(x)
+        if feats.sum() > 0:
+            return feats.mean(dim=(1, 2, 3))
+        return feats.amax(dim=(1, 2, 3))
+
+
+def test_fold_batch_norms_and_untraceable_fallback() -> None:
+    from napari_artseg.scorecam_tuning import fold_batch_norms, scoring_network
+
+    model = _model(50, width=2).eval()
+    folded = fold_batch_norms(model)
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in folded.modules())
+    assert any(isinstance(m, torch.nn.BatchNorm2d) for m in model.modules())
+    x = _images(2, (48, 48))
+    with torch.no_grad():
+        torch.testing.assert_close(folded(x), model(x), atol=1e-4, rtol=1e-5)
+    odd = _Untraceable().eval()
+    assert scoring_network(odd) is odd
+    copy = scoring_network(odd, channels_last=True)
+    assert copy is not odd and copy.conv.weight.is_contiguous(memory_format=torch.channels_last)
+    assert odd.conv.weight.is_contiguous()
+    images = _images(1, (16, 16))
+    torch.testing.assert_close(scorecam(odd, images), scorecam_reference(odd, images),
+                               atol=ATOL, rtol=0)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_cuda_matches_cpu_and_bounds_the_batch() -> None:
+    from napari_artseg.scorecam_tuning import cuda_batch_limit, scoring_network
+
+    model = _model(50, width=4)
+    images = _images(2, (64, 64))
+    ref = scorecam_reference(model, images)
+    gpu = model.cuda()
+    exact = scorecam(gpu, images.cuda(), batch_size="auto", channels_last=True)
+    torch.testing.assert_close(exact.cpu(), ref, atol=1e-4, rtol=0)
+    approx = scorecam(gpu, images.cuda(), amp=True)
+    assert (approx.cpu() - ref).abs().mean() < 0.05  # bf16: close, not exact
+    limit = cuda_batch_limit(scoring_network(gpu.eval()), (1, 64, 64), torch.device("cuda"))
+    assert limit >= 1
