@@ -13,6 +13,7 @@ from ..device import autocast
 from ..metrics import classification_counts
 from ..models import ResNetClassifier
 from .data import TrainingItem, d4, epoch_order, global_view
+from .ddp import local_batch, rank_generator, rank_share
 from .events import ProgressEvent
 from .loop import FitResult, fit
 
@@ -58,7 +59,8 @@ def train_classifier(
     Class imbalance is handled by balanced sampling (each epoch draws as many
     images as the training split holds, both classes equally likely) when
     ``config.balance_classes``; augmentation draws one of the 8 square symmetries
-    per image.
+    per image. In a process group each rank trains on its share of every epoch
+    (:mod:`.ddp`).
     """
     torch.manual_seed(config.seed)
     model = (model or build_classifier(config)).to(device)
@@ -66,15 +68,18 @@ def train_classifier(
     labels = torch.tensor([float(item.label) for item in items])
     train_labels = [items[i].label for i in train_idx]
     generator = torch.Generator().manual_seed(config.seed)
-    n_batches = max(1, -(-len(train_idx) // config.batch_size))
+    augmenter = rank_generator(generator, config.seed)
+    per_step = local_batch(config.batch_size)
+    n_batches = max(1, -(-len(rank_share(train_idx)) // per_step))
 
     def batches(epoch: int):
         order = epoch_order(train_idx, train_labels, config.balance_classes, generator)
-        for start in range(0, len(order), config.batch_size):
-            chosen = order[start:start + config.batch_size]
+        order = rank_share(order)  # this rank's part (all of it in one process)
+        for start in range(0, len(order), per_step):
+            chosen = order[start:start + per_step]
             x = views[chosen]
             if config.augment:
-                ks = torch.randint(0, 8, (len(chosen),), generator=generator).tolist()
+                ks = torch.randint(0, 8, (len(chosen),), generator=augmenter).tolist()
                 x = torch.stack([d4(v, k) for v, k in zip(x, ks, strict=True)])
             yield x, labels[chosen]
 

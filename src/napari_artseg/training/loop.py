@@ -1,10 +1,12 @@
 """The epoch loop shared by the classifier and the U-Net.
 
-Adam, ReduceLROnPlateau on the validation loss, early stopping, best weights kept.
+Adam, ReduceLROnPlateau on the validation loss, early stopping, best weights kept;
+DistributedDataParallel when a process group is initialised (see :mod:`.ddp`).
 """
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import itertools
 import math
@@ -47,18 +49,25 @@ class FitResult:
 def _backward_in_chunks(
     model: torch.nn.Module, batch: Batch, loss_fn, device: torch.device, amp: bool, chunks: int
 ) -> float:
-    """Forward and backward one batch split into ``chunks`` micro-batches (gradients summed)."""
+    """Forward and backward one batch split into ``chunks`` micro-batches (gradients summed).
+
+    Under DistributedDataParallel only the last micro-batch synchronises gradients
+    across ranks, so every rank takes exactly one synchronised step per batch.
+    """
     size = len(batch[0])
-    bounds = [round(i * size / chunks) for i in range(chunks + 1)]
+    bounds = [b for b in dict.fromkeys(round(i * size / chunks) for i in range(chunks + 1))]
     total = 0.0
-    for start, stop in itertools.pairwise(bounds):
-        if stop <= start:
-            continue
+    pairs = list(itertools.pairwise(bounds))
+    for index, (start, stop) in enumerate(pairs):
         part = tuple(t[start:stop] for t in batch)
-        with autocast(device, amp):
-            output = model(part[0])
-        loss = loss_fn(output.float(), part) * ((stop - start) / size)
-        loss.backward()
+        last = index == len(pairs) - 1
+        sync = contextlib.nullcontext() if last or not hasattr(model, "no_sync") \
+            else model.no_sync()
+        with sync:
+            with autocast(device, amp):
+                output = model(part[0])
+            loss = loss_fn(output.float(), part) * ((stop - start) / size)
+            loss.backward()
         total += float(loss.detach())
     return total
 
@@ -91,6 +100,12 @@ def train_step(
             continue
         optimizer.step()
         return loss
+
+
+def _is_rank_zero() -> bool:
+    from .ddp import world
+
+    return world()[0] == 0
 
 
 def fit(
@@ -140,7 +155,17 @@ def fit(
     -------
     FitResult
         History and the chosen epoch; the model holds the best weights.
+
+    Notes
+    -----
+    Inside a ``torch.distributed`` process group (:mod:`napari_artseg.training.ddp`)
+    the model is trained wrapped in ``DistributedDataParallel``; ``batches`` then
+    gives this rank's share of the epoch. Rank 0 validates and broadcasts the
+    metrics, so every rank takes the same scheduler and early-stopping steps.
     """
+    from .ddp import broadcast, wrap
+
+    trained = wrap(model, device)  # DistributedDataParallel inside a process group
     optimizer = torch.optim.Adam(model.parameters(), lr=learning_rate or config.learning_rate)
     scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(
         optimizer, factor=config.lr_factor, patience=config.lr_patience
@@ -154,12 +179,12 @@ def fit(
         losses = []
         for index, batch in enumerate(batches(epoch)):
             batch = tuple(t.to(device, non_blocking=True) for t in batch)
-            losses.append(train_step(model, optimizer, batch, loss_fn, device, config.amp))
+            losses.append(train_step(trained, optimizer, batch, loss_fn, device, config.amp))
             step = (epoch - 1) * n_batches + index + 1
             yield ProgressEvent(stage, step, total, loss=losses[-1],
                                 message=f"epoch {epoch}/{epochs}")
         model.eval()
-        metrics = validate(model)
+        metrics = broadcast(validate(model) if _is_rank_zero() else None)  # same steps on all
         val_loss = float(metrics["val_loss"])
         scheduler.step(val_loss)
         row = {"epoch": epoch, "train_loss": sum(losses) / max(1, len(losses)),

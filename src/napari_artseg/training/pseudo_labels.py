@@ -25,6 +25,7 @@ from ..models import ResNetClassifier
 from ..normalize import resize
 from ..scorecam import scorecam
 from .data import TrainingItem, global_view
+from .ddp import gather_dict, split
 from .events import ProgressEvent
 
 #: Candidate pseudo-label thresholds for the deletion test, largest first.
@@ -42,17 +43,21 @@ def saliency_maps(
     """Score-CAM maps of the chosen items at the classifier's view size (S, S).
 
     Yields one progress event per image; returns ``{index: map}`` on the CPU.
+    In a process group each rank computes a share of the maps and all ranks
+    return all of them (:mod:`.ddp`).
     """
     maps: dict[int, torch.Tensor] = {}
-    for done, index in enumerate(indices, start=1):
+    mine = split(indices)
+    for done, index in enumerate(mine, start=1):
         view = global_view(items[index].image, config.input_size)[None].to(device)
         cam = scorecam(
             classifier, view, batch_size=config.scorecam_batch_size,
             weighting=config.scorecam_weighting, max_channels=config.scorecam_max_channels,
         )
         maps[index] = cam[0].float().cpu()
-        yield ProgressEvent("pseudo_labels", done, len(indices), message=items[index].key)
-    return maps
+        yield ProgressEvent("pseudo_labels", done, len(mine), message=items[index].key)
+    gathered = gather_dict(maps)
+    return {index: gathered[index] for index in indices}
 
 
 def to_item_scale(saliency: torch.Tensor, item: TrainingItem) -> torch.Tensor:
@@ -99,13 +104,18 @@ def per_image_thresholds(
     classifier: ResNetClassifier, items: list[TrainingItem], maps: dict[int, torch.Tensor],
     config: ArtSegConfig, device: torch.device,
 ) -> Generator[ProgressEvent, None, dict[int, float | None]]:
-    """The deletion-test threshold of every image with a map (None where nothing flips)."""
+    """The deletion-test threshold of every image with a map (None where nothing flips).
+
+    Shared out over the ranks of a process group like :func:`saliency_maps`.
+    """
     found: dict[int, float | None] = {}
-    for done, index in enumerate(maps, start=1):
+    mine = split(list(maps))
+    for done, index in enumerate(mine, start=1):
         view = global_view(items[index].image, config.input_size)
         found[index] = deletion_threshold(classifier, view, maps[index], device)
-        yield ProgressEvent("pseudo_thresholds", done, len(maps), message="deletion test")
-    return found
+        yield ProgressEvent("pseudo_thresholds", done, len(mine), message="deletion test")
+    gathered = gather_dict(found)
+    return {index: gathered[index] for index in maps}
 
 
 def assign_targets(

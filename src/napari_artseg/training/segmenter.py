@@ -13,6 +13,7 @@ from ..device import autocast
 from ..models import UNet
 from ..tiling import predict_tiled
 from .data import TrainingItem, d4, epoch_order, random_crop
+from .ddp import gather_dict, local_batch, rank_generator, rank_share, split
 from .events import ProgressEvent
 from .loop import FitResult, fit
 
@@ -88,23 +89,26 @@ def train_unet(
     torch.manual_seed(config.seed + 1)
     model = (model or build_unet(config)).to(device)
     generator = torch.Generator().manual_seed(config.seed + 1)
+    augmenter = rank_generator(generator, config.seed + 1)
     train_labels = [items[i].label for i in train_idx]
-    n_batches = max(1, -(-len(train_idx) // config.batch_size))
+    per_step = local_batch(config.batch_size)
+    n_batches = max(1, -(-len(rank_share(train_idx)) // per_step))
 
     def sample(index: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         item = items[index]
-        image, target, weight = random_crop(item.image, item.target, config.input_size, generator)
+        image, target, weight = random_crop(item.image, item.target, config.input_size, augmenter)
         if item.curated:
             weight = weight * config.curated_weight
         if config.augment:
-            k = int(torch.randint(0, 8, (1,), generator=generator))
+            k = int(torch.randint(0, 8, (1,), generator=augmenter))
             image, target, weight = d4(image, k), d4(target, k), d4(weight, k)
         return image, target, weight
 
     def batches(epoch: int):
         order = epoch_order(train_idx, train_labels, config.balance_classes, generator)
-        for start in range(0, len(order), config.batch_size):
-            crops = [sample(i) for i in order[start:start + config.batch_size]]
+        order = rank_share(order)  # this rank's part (all of it in one process)
+        for start in range(0, len(order), per_step):
+            crops = [sample(i) for i in order[start:start + per_step]]
             yield tuple(torch.stack(parts) for parts in zip(*crops, strict=True))
 
     def loss_fn(logits: torch.Tensor, batch) -> torch.Tensor:
@@ -141,15 +145,19 @@ def refresh_pseudo_targets(
     updated and their mean mask area.
     """
     chosen = [i for i, item in enumerate(items) if item.label == 1 and not item.curated]
-    updated, fractions = 0, []
-    for done, index in enumerate(chosen, start=1):
+    mine = split(chosen)  # in a process group each rank predicts a share; results gathered
+    found: dict[int, np.ndarray] = {}
+    for done, index in enumerate(mine, start=1):
         item = items[index]
         prob = unet_probability(model, item.image, config, device).cpu()
-        binary = (prob >= threshold).float()[None]
+        binary = (prob >= threshold).numpy().astype(np.uint8)
         if binary.any():
-            item.target = binary
-            updated += 1
-            fractions.append(float(binary.mean()))
-        yield ProgressEvent("self_training", done, len(chosen), message=item.key)
-    return {"self_training_updated": updated / max(1, len(chosen)),
+            found[index] = binary
+        yield ProgressEvent("self_training", done, len(mine), message=item.key)
+    found = gather_dict(found)
+    fractions = []
+    for index, binary in found.items():
+        items[index].target = torch.from_numpy(binary).float()[None]
+        fractions.append(float(items[index].target.mean()))
+    return {"self_training_updated": len(found) / max(1, len(chosen)),
             "self_training_mean_fraction": float(np.mean(fractions)) if fractions else 0.0}

@@ -1,0 +1,110 @@
+"""Multi-process training under torchrun (gloo on the CPU, 2 processes)."""
+
+from __future__ import annotations
+
+import csv
+import shutil
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from napari_artseg.predictor import ArtSegModel
+
+
+@pytest.mark.slow
+def test_two_process_gloo_training_completes_and_its_model_predicts(tiny_dataset, tmp_path):
+    with (tiny_dataset / "labels.csv").open(newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    chosen = [r for r in rows if r["label"] == "artifact"][:5] + \
+        [r for r in rows if r["label"] == "clean"][:5]
+    (tmp_path / "images").mkdir()
+    for row in chosen:
+        shutil.copy(tiny_dataset / "images" / row["image"], tmp_path / "images" / row["image"])
+    (tmp_path / "labels.csv").write_text(
+        "image,label\n" + "".join(f"{r['image']},{r['label']}\n" for r in chosen))
+    result = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+         "-m", "napari_artseg.training.torchrun", "--images", str(tmp_path / "images"),
+         "--labels", str(tmp_path / "labels.csv"), "--out", str(tmp_path / "model"),
+         "--preset", "tiny", "--epochs", "1", "--device", "cpu"],
+        capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stdout.count("model written to") == 1  # rank 0 alone reports and saves
+    assert result.stderr.count("[classifier] epoch 1/1") == 1  # rank-0-only logging
+    model = ArtSegModel.load(tmp_path / "model", device="cpu")
+    with (tmp_path / "model" / "manifest.csv").open(newline="") as handle:
+        pseudo = [r["image"] for r in csv.DictReader(handle) if r["target"] == "pseudo"]
+    saliency = sorted(p.stem for p in (tmp_path / "model" / "saliency").glob("*.tif"))
+    assert len(pseudo) == 5 and saliency == sorted(p.rsplit(".", 1)[0] for p in pseudo)
+    from napari_artseg.image_files import read_image
+
+    image = read_image(tmp_path / "images" / chosen[0]["image"]).data
+    prediction = model.predict(image, gate=False)
+    assert prediction.probability.shape == image.shape
+    assert np.isfinite(prediction.probability).all()
+    assert 0 <= prediction.probability.min() <= prediction.probability.max() <= 1
+
+
+RANK_SCRIPT = r"""
+import json, sys
+import torch
+import torch.distributed as dist
+from napari_artseg.config import preset
+from napari_artseg.training.ddp import gather_dict, local_batch, rank_share, split, world
+from napari_artseg.training.loop import fit
+
+dist.init_process_group("gloo")
+rank, size = world()
+torch.manual_seed(0)
+model = torch.nn.Linear(3, 1)
+data = torch.randn(12, 3, generator=torch.Generator().manual_seed(1))
+target = data @ torch.tensor([[1.0], [-2.0], [0.5]])
+seen = []
+
+def batches(epoch):
+    order = rank_share(list(range(12)))
+    seen.extend(order)
+    step = local_batch(4)
+    for start in range(0, len(order), step):
+        chosen = order[start:start + step]
+        yield data[chosen], target[chosen]
+
+def validate(net):
+    with torch.no_grad():
+        return {"val_loss": float(((net(data) - target) ** 2).mean()) + rank}
+
+config = preset("tiny", amp=False, learning_rate=0.05)
+gen = fit("toy", model, config, 3, torch.device("cpu"), batches, 3,
+          lambda out, batch: ((out - batch[1]) ** 2).mean(), validate)
+try:
+    while True:
+        next(gen)
+except StopIteration as stop:
+    result = stop.value
+shares = gather_dict({rank: split(list(range(10)))})
+json.dump({"weights": model.weight.detach().tolist(), "seen": seen,
+           "history": [row["val_loss"] for row in result.history], "shares": shares},
+          open(sys.argv[1] + f"/rank{rank}.json", "w"))
+dist.destroy_process_group()
+"""
+
+
+def test_ranks_train_on_their_shares_and_keep_identical_weights(tmp_path):
+    import json
+
+    script = tmp_path / "ranks.py"
+    script.write_text(RANK_SCRIPT)
+    result = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+         str(script), str(tmp_path)], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    ranks = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1)]
+    assert ranks[0]["weights"] == ranks[1]["weights"]  # DDP averaged every step
+    assert ranks[0]["weights"] != [[0.0, 0.0, 0.0]]
+    first, second = ranks[0]["seen"][:6], ranks[1]["seen"][:6]
+    assert not set(first) & set(second) and sorted(first + second) == list(range(12))
+    # rank 0 validated and broadcast: both ranks saw rank 0's metrics (rank 1 would add 1)
+    assert ranks[0]["history"] == ranks[1]["history"]
+    assert ranks[0]["shares"] == ranks[1]["shares"] == {"0": [0, 2, 4, 6, 8], "1": [1, 3, 5, 7, 9]}
