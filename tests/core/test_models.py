@@ -113,3 +113,38 @@ def test_unet_learns_fixed_square() -> None:
     accuracy = (pred == target.bool()).float().mean().item()
     assert accuracy > 0.9
 
+
+
+@pytest.mark.parametrize("depth", [18, 50])
+@pytest.mark.parametrize("stem_pool", [True, False])
+def test_stage_view_features_and_logits(depth: int, stem_pool: bool) -> None:
+    from napari_artseg.models.resnet import StageView, cam_target
+
+    torch.manual_seed(0)
+    net = ResNetClassifier(depth=depth, width=4, stem_pool=stem_pool).eval()
+    x = torch.randn(2, 1, 64, 64)
+    sizes = []
+    for stage in (1, 2, 3, 4):
+        view = StageView(net, stage)
+        features = view.features(x)
+        assert features.shape[1] == view.num_feature_channels
+        assert features.shape[-1] == 64 // view.downsample
+        assert torch.equal(view(x), net(x))
+        sizes.append(features.shape[-1])
+    assert sizes == sorted(sizes, reverse=True) and sizes[2] == 2 * sizes[3]
+    assert torch.equal(StageView(net, 4).features(x), net.features(x))
+    assert cam_target(net, 4) is net and isinstance(cam_target(net, 3), StageView)
+    with pytest.raises(ValueError, match="stage"):
+        StageView(net, 5)
+
+
+def test_scorecam_at_an_earlier_stage_equals_the_reference() -> None:
+    from napari_artseg.models.resnet import StageView
+    from napari_artseg.scorecam import scorecam, scorecam_reference
+
+    torch.manual_seed(1)
+    view = StageView(ResNetClassifier(depth=18, width=4, stem_pool=False).eval(), 3)
+    image = torch.randn(1, 1, 64, 64)
+    fast = scorecam(view, image)[0]
+    assert fast.shape == (64, 64)
+    assert torch.allclose(fast, scorecam_reference(view, image[0]), atol=1e-4)

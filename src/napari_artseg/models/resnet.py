@@ -248,3 +248,42 @@ class ResNetClassifier(nn.Module):
             Logits, shape (N,).
         """
         return self.head(self.features(x))
+
+
+class StageView(nn.Module):
+    """A classifier seen with an earlier stage as Score-CAM's target layer.
+
+    ``forward`` is the whole classifier (the masked inputs are still scored by
+    the full network); ``features`` are the activations after ``stage`` (1-4), at
+    a finer grid than the last stage: stage 3 has twice the resolution of stage 4.
+
+    Parameters
+    ----------
+    net : ResNetClassifier
+        The classifier (shared, not copied).
+    stage : int
+        1 to 4; 4 is the last stage (the same maps as ``net.features``).
+    """
+
+    def __init__(self, net: ResNetClassifier, stage: int) -> None:
+        super().__init__()
+        if stage not in (1, 2, 3, 4):
+            raise ValueError(f"stage must be 1, 2, 3 or 4, got {stage!r}")
+        self.net = net
+        self.stage = stage
+        last_block = net.stages[stage - 1][-1]
+        self.num_feature_channels: int = last_block.last_bn.num_features
+        self.downsample: int = (4 if net.stem_pool else 2) * 2 ** (stage - 1)
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        """Activations after stage ``stage`` (>= 0, after the stage's final ReLU)."""
+        return self.net.stages[: self.stage](self.net.stem(x))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """The classifier's logits, shape (N,)."""
+        return self.net(x)
+
+
+def cam_target(net: ResNetClassifier, stage: int) -> nn.Module:
+    """``net`` itself for stage 4 (its last stage), else a :class:`StageView` of it."""
+    return net if stage == 4 else StageView(net, stage)
