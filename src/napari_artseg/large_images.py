@@ -304,12 +304,17 @@ def _is_out_of_memory(exc: BaseException) -> bool:
     return isinstance(exc, oom) or "out of memory" in str(exc).lower()
 
 
-def tiled_probability(model, image: np.ndarray, batch_size: int = 4) -> np.ndarray:
+def tiled_probability(model, image: np.ndarray, batch_size: int = 4,
+                      max_batch_pixels: int | None = None) -> np.ndarray:
     """The U-Net probability of a normalised processing-scale image, accumulated in place.
 
     Same tile grid and blending as :func:`~napari_artseg.tiling.predict_tiled`;
-    memory is one (h, w) float32 accumulator plus one batch of tiles. An
-    out-of-memory error halves ``batch_size`` and retries.
+    memory is one (h, w) float32 accumulator plus one batch of tiles. The U-Net
+    runs as an inference copy (batch norms folded, ``channels_last``; see
+    :func:`~napari_artseg.device.inference_copy`), a batch holds at most
+    ``max_batch_pixels`` tile pixels (default: one 1024 px tile on the CPU; see
+    :func:`~napari_artseg.tiling.tile_batch_size`), and an out-of-memory error
+    halves the batch and retries.
 
     Parameters
     ----------
@@ -319,6 +324,8 @@ def tiled_probability(model, image: np.ndarray, batch_size: int = 4) -> np.ndarr
         (h, w) float32 normalised image at the processing scale.
     batch_size : int
         Tiles per forward pass to start with.
+    max_batch_pixels : int, optional
+        Cap on tile pixels per pass.
 
     Raises
     ------
@@ -327,46 +334,23 @@ def tiled_probability(model, image: np.ndarray, batch_size: int = 4) -> np.ndarr
     """
     import torch
 
-    from .device import autocast, release_memory
-    from .tiling import WINDOW_FLOOR, TileGrid, _ramp_1d, blend_window, predict_tiled
+    from .device import autocast, inference_copy, release_memory
+    from .tiling import predict_tiled, tile_batch_size
 
     tile, halo, divisor = model.config.input_size, model.config.tile_halo, model.unet.divisor
+    unet = inference_copy(model.unet)
+    batch_size = tile_batch_size(batch_size, tile, model.device, max_batch_pixels)
 
     def forward(batch: torch.Tensor) -> torch.Tensor:
         with autocast(model.device, model.config.amp):
-            return torch.sigmoid(model.unet(batch.to(model.device)).float()).cpu()
+            return torch.sigmoid(unet(batch.to(model.device)).float()).cpu()
 
     while True:
         try:
-            h, w = image.shape
-            if h <= tile or w <= tile:
-                # small or thin: the reference implementation holds only a few copies of it
-                result = predict_tiled(forward, torch.from_numpy(image)[None], tile=tile,
-                                       halo=halo, divisor=divisor, batch_size=batch_size)
-                return result[0].numpy()
-            grid = TileGrid((h, w), tile, halo)
-            window = torch.from_numpy(blend_window(tile, halo))
-            ramp = _ramp_1d(tile, halo, WINDOW_FLOOR)
-            weight_rows = np.zeros(h, np.float64)
-            for start in grid.starts(0):
-                weight_rows[start:start + tile] += ramp
-            weight_cols = np.zeros(w, np.float64)
-            for start in grid.starts(1):
-                weight_cols[start:start + tile] += ramp
-            out = np.zeros((h, w), np.float32)
-            tiles = grid.tiles()
-            source = torch.from_numpy(image)
-            with torch.inference_mode():
-                for first in range(0, len(tiles), batch_size):
-                    chunk = tiles[first:first + batch_size]
-                    batch = torch.stack([source[rs, cs] for rs, cs in chunk])[:, None]
-                    result = (forward(batch)[:, 0].float() * window).numpy()
-                    for k, (rs, cs) in enumerate(chunk):
-                        out[rs, cs] += result[k]
-            for top in range(0, h, 1024):
-                rows = slice(top, top + 1024)
-                out[rows] /= np.outer(weight_rows[rows], weight_cols).astype(np.float32)
-            return out
+            # the image stays on the host; each batch goes to the device and back once
+            result = predict_tiled(forward, torch.from_numpy(image)[None], tile=tile, halo=halo,
+                                   divisor=divisor, batch_size=batch_size, max_batch_pixels=0)
+            return result[0].numpy()
         except (RuntimeError, MemoryError) as exc:
             if not _is_out_of_memory(exc) or isinstance(exc, MemoryError):
                 raise

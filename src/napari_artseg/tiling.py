@@ -10,6 +10,7 @@ This module uses numpy and torch only (no GUI).
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -17,10 +18,14 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-__all__ = ["TileGrid", "blend_window", "pad_bottom_right", "predict_tiled"]
+__all__ = ["TileGrid", "blend_window", "divide_by_weight_sum", "pad_bottom_right", "predict_tiled",
+           "tile_batch_size"]
 
 #: Smallest window weight, at the outer edge of a tile (never 0, so every pixel has weight).
 WINDOW_FLOOR = 1e-3
+#: On the CPU a forward pass gets at most this many tile pixels (one 1024 px tile): batching
+#: large tiles gains no speed on a CPU and each 1024 px tile of the paper U-Net costs ~1.8 GB.
+CPU_BATCH_PIXELS = 2**20
 
 ProgressCallback = Callable[[int, int], None]
 TileFunction = Callable[[torch.Tensor], torch.Tensor]
@@ -148,6 +153,16 @@ def blend_window(tile: int, halo: int, floor: float = WINDOW_FLOOR) -> np.ndarra
     return np.outer(w, w).astype(np.float32)
 
 
+@functools.lru_cache(maxsize=8)
+def _window_on(tile: int, halo: int, device: str) -> torch.Tensor:
+    return torch.from_numpy(blend_window(tile, halo)).to(device)
+
+
+def _window(tile: int, halo: int, device: torch.device) -> torch.Tensor:
+    """The blend window as a tensor on ``device``, built once per (tile, halo, device)."""
+    return _window_on(tile, halo, str(device))
+
+
 def pad_bottom_right(image: torch.Tensor, height: int, width: int) -> torch.Tensor:
     """Pad a (C, H, W) tensor on the bottom and right up to ``(height, width)``.
 
@@ -228,27 +243,73 @@ def _predict_single(fn: TileFunction, image: torch.Tensor, divisor: int) -> torc
     return _run(fn, padded[None])[0, :, :h, :w]
 
 
+def _axis_weight(grid: TileGrid, axis: int) -> torch.Tensor:
+    """Sum over the tiles of the 1-D window along ``axis`` (float64, length of that axis)."""
+    ramp = _ramp_1d(grid.tile, grid.halo, WINDOW_FLOOR)
+    total = np.zeros(grid.shape[axis], dtype=np.float64)
+    for start in grid.starts(axis):
+        total[start : start + grid.tile] += ramp
+    return torch.from_numpy(total)
+
+
+def divide_by_weight_sum(weighted: torch.Tensor, grid: TileGrid, band: int = 512) -> None:
+    """Divide blended tile outputs (C, H, W) in place by the sum of the windows over the grid.
+
+    The window is the outer product of a 1-D ramp, so its sum over a grid of
+    tiles is the outer product of two 1-D sums: no full-size weight image is
+    kept; the division runs in bands of ``band`` rows.
+    """
+    rows = _axis_weight(grid, 0)
+    cols = _axis_weight(grid, 1)
+    for top in range(0, grid.shape[0], band):
+        part = slice(top, top + band)
+        weighted[:, part] /= torch.outer(rows[part], cols).to(weighted.device, torch.float32)
+
+
+def tile_batch_size(batch_size: int, tile: int, device: torch.device,
+                    max_batch_pixels: int | None = None) -> int:
+    """Tiles per forward pass: ``batch_size``, capped on the CPU to ``max_batch_pixels`` pixels.
+
+    The cap (default :data:`CPU_BATCH_PIXELS`) applies on the CPU only; at least
+    one tile always runs.
+    """
+    if max_batch_pixels is None:
+        max_batch_pixels = CPU_BATCH_PIXELS if device.type == "cpu" else 0
+    if max_batch_pixels <= 0:
+        return batch_size
+    return max(1, min(batch_size, max_batch_pixels // (tile * tile)))
+
+
 def _predict_grid(fn: TileFunction, image: torch.Tensor, grid: TileGrid, batch_size: int,
-                  progress: ProgressCallback | None) -> torch.Tensor:
-    """Blend ``fn`` over all tiles of ``grid``; ``image`` already covers the grid."""
-    window = torch.from_numpy(blend_window(grid.tile, grid.halo)).to(image.device)
+                  progress: ProgressCallback | None,
+                  out: torch.Tensor | None = None) -> torch.Tensor:
+    """Blend ``fn`` over all tiles of ``grid``; ``image`` already covers the grid.
+
+    Accumulates into ``out`` when it is given (float32, on ``image.device``, the
+    grid's shape), else into a new tensor.
+    """
+    window = _window(grid.tile, grid.halo, image.device)
     tiles = grid.tiles()
-    weight_sum = torch.zeros((1, *grid.shape), dtype=torch.float32, device=image.device)
-    weighted: torch.Tensor | None = None
+    weighted = out
     with torch.no_grad():
         for first in range(0, len(tiles), batch_size):
             chunk = tiles[first : first + batch_size]
             y = _run(fn, torch.stack([image[:, rs, cs] for rs, cs in chunk]))
-            if weighted is None:
-                weighted = torch.zeros((y.shape[1], *grid.shape), dtype=torch.float32,
-                                       device=image.device)
+            if first == 0:
+                shape = (y.shape[1], *grid.shape)
+                if weighted is None:
+                    weighted = torch.zeros(shape, dtype=torch.float32, device=image.device)
+                elif tuple(weighted.shape) != shape:
+                    raise ValueError(f"out must be float32 of shape {shape}, got "
+                                     f"{weighted.dtype} {tuple(weighted.shape)}")
+                else:
+                    weighted.zero_()
             y = y.to(torch.float32) * window
             for k, (rs, cs) in enumerate(chunk):
                 weighted[:, rs, cs] += y[k]
-                weight_sum[:, rs, cs] += window
             if progress is not None:
                 progress(first + len(chunk), len(tiles))
-        weighted /= weight_sum
+        divide_by_weight_sum(weighted, grid)
     return weighted
 
 
@@ -261,6 +322,7 @@ def predict_tiled(
     batch_size: int = 4,
     out: torch.Tensor | None = None,
     progress: ProgressCallback | None = None,
+    max_batch_pixels: int | None = None,
 ) -> torch.Tensor:
     """Apply a dense network to an image of any size by blending overlapping tiles.
 
@@ -285,11 +347,15 @@ def predict_tiled(
     divisor : int, optional
         Size the network input must be divisible by (e.g. 2 ** levels), by default 1.
     batch_size : int, optional
-        Tiles per call of ``fn``, by default 4.
+        Tiles per call of ``fn`` at most, by default 4 (see ``max_batch_pixels``).
     out : torch.Tensor, optional
-        float32 (C_out, H, W) tensor to write the result into (and return).
+        float32 (C_out, H, W) tensor to write the result into (and return). When the image
+        covers whole tiles and ``out`` is on its device, tiles are accumulated in it directly.
     progress : callable, optional
         Called as ``progress(tiles_done, tiles_total)`` after each batch.
+    max_batch_pixels : int, optional
+        At most this many tile pixels per call of ``fn`` (at least one tile); default
+        :data:`CPU_BATCH_PIXELS` on the CPU and no limit elsewhere (:func:`tile_batch_size`).
 
     Returns
     -------
@@ -312,7 +378,12 @@ def predict_tiled(
         return _deliver(result, out)
     padded = pad_bottom_right(image, max(h, tile), max(w, tile))
     grid = TileGrid((padded.shape[1], padded.shape[2]), tile, halo)
-    result = _predict_grid(fn, padded, grid, batch_size, progress)
+    batch = tile_batch_size(batch_size, tile, image.device, max_batch_pixels)
+    direct = (out is not None and (h, w) == grid.shape and out.dtype == torch.float32
+              and out.device == image.device and not out.is_inference())
+    result = _predict_grid(fn, padded, grid, batch, progress, out if direct else None)
+    if direct:
+        return result
     if (h, w) != grid.shape:
         result = result[:, :h, :w].clone()
     return _deliver(result, out)

@@ -8,7 +8,26 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from napari_artseg.tiling import TileGrid, blend_window, pad_bottom_right, predict_tiled
+from napari_artseg.device import inference_copy
+from napari_artseg.models import UNet
+from napari_artseg.tiling import (
+    CPU_BATCH_PIXELS,
+    TileGrid,
+    blend_window,
+    divide_by_weight_sum,
+    pad_bottom_right,
+    predict_tiled,
+    tile_batch_size,
+)
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """Tiny tensors run on one thread (two wait for each other on a shared 2-core machine)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
 
 
 def identity(x: torch.Tensor) -> torch.Tensor:
@@ -258,3 +277,124 @@ def test_rejects_2d_image_and_bad_fn_output():
         predict_tiled(identity, torch.zeros((100, 100)), tile=64, halo=8)
     with pytest.raises(ValueError, match="fn must map"):
         predict_tiled(lambda x: x[:, :, :10], torch.zeros((1, 100, 100)), tile=64, halo=8)
+
+
+# ----------------------------------------------------------------------------- equal to one pass
+
+
+def _exact_region(shape: tuple[int, int], grid: TileGrid, radius: int) -> np.ndarray:
+    """Pixels that every covering tile sees at least ``radius`` px from its inner edges.
+
+    A network with that receptive-field radius gives such a pixel the same value in each of
+    those tiles as in one pass over the whole image, so the blend there is exact.
+    """
+    exact = np.ones(shape, dtype=bool)
+    for axis in (0, 1):
+        size = shape[axis]
+        bad = np.zeros(size, dtype=bool)
+        for start in grid.starts(axis):
+            stop = start + grid.tile
+            if start > 0:
+                bad[start : start + radius] = True
+            if stop < size:
+                bad[stop - radius : stop] = True
+        exact &= ~bad[:, None] if axis == 0 else ~bad[None, :]
+    return exact
+
+
+def test_tiled_equals_single_pass_where_both_fit():
+    net = small_net()  # three 3x3 convolutions: receptive-field radius 3
+    image = random_image(2, 150, 230, seed=3)
+    with torch.no_grad():
+        whole = net(image[None])[0]
+    grid = TileGrid((150, 230), 64, 8)
+    exact = torch.from_numpy(_exact_region((150, 230), grid, radius=3))
+    assert exact.float().mean() > 0.7 and not exact.all()
+    for batch_size in (1, 3):
+        tiled = predict_tiled(net, image, tile=64, halo=8, batch_size=batch_size)
+        torch.testing.assert_close(tiled[:, exact], whole[:, exact], atol=1e-5, rtol=0)
+        # near tile edges the mixture differs by at most the edge tile's share of the weight
+        assert (tiled - whole).abs().max() < 0.5 * (whole.max() - whole.min())
+    # an image that fits one tile gives exactly the single pass
+    small = random_image(2, 64, 64, seed=4)
+    with torch.no_grad():
+        torch.testing.assert_close(predict_tiled(net, small, tile=64, halo=8), net(small[None])[0],
+                                   atol=1e-6, rtol=0)
+
+
+def test_inference_copy_of_unet_matches_and_leaves_the_original():
+    torch.manual_seed(0)
+    unet = UNet(width=4, levels=2, convs_per_level=2)
+    with torch.no_grad():
+        for module in unet.modules():
+            if isinstance(module, nn.BatchNorm2d):
+                module.running_mean.uniform_(-0.2, 0.2)
+                module.running_var.uniform_(0.5, 2.0)
+                module.weight.uniform_(0.5, 1.5)
+    unet.eval()
+    fast = inference_copy(unet)
+    assert not any(isinstance(m, nn.BatchNorm2d) for m in fast.modules())
+    assert any(isinstance(m, nn.BatchNorm2d) for m in unet.modules())
+    assert unet.out.weight.is_contiguous() and unet.out.weight.requires_grad
+    image = random_image(1, 100, 90, seed=5)
+    expected = predict_tiled(unet, image, tile=32, halo=4, divisor=4)
+    result = predict_tiled(fast, image, tile=32, halo=4, divisor=4)
+    torch.testing.assert_close(result, expected, atol=1e-5, rtol=1e-5)
+    plain = predict_tiled(inference_copy(unet, channels_last=False), image, tile=32, halo=4,
+                          divisor=4)
+    torch.testing.assert_close(plain, expected, atol=1e-5, rtol=1e-5)
+
+
+# ----------------------------------------------------------------------------- batching, memory
+
+
+def test_tile_batch_size_caps_cpu_passes():
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")
+    assert CPU_BATCH_PIXELS == 1024 * 1024
+    assert tile_batch_size(4, 1024, cpu) == 1
+    assert tile_batch_size(4, 512, cpu) == 4
+    assert tile_batch_size(8, 256, cpu) == 8
+    assert tile_batch_size(4, 2048, cpu) == 1  # never below one tile
+    assert tile_batch_size(4, 1024, cuda) == 4  # no default cap off the CPU
+    assert tile_batch_size(4, 1024, cuda, max_batch_pixels=2 * 1024 * 1024) == 2
+    assert tile_batch_size(6, 64, cpu, max_batch_pixels=0) == 6
+
+
+def test_max_batch_pixels_bounds_each_call_without_changing_the_result():
+    seen = []
+
+    def record(x: torch.Tensor) -> torch.Tensor:
+        seen.append(x.shape[0])
+        return affine(x)
+
+    image = random_image(1, 150, 230)
+    result = predict_tiled(record, image, tile=64, halo=8, batch_size=5,
+                           max_batch_pixels=2 * 64 * 64)
+    assert max(seen) == 2 and sum(seen) == len(TileGrid((150, 230), 64, 8))
+    torch.testing.assert_close(result, affine(image), atol=1e-6, rtol=0)
+
+
+def test_weight_sum_division_equals_summed_windows():
+    grid = TileGrid((150, 230), 64, 8)
+    window = torch.from_numpy(blend_window(64, 8))
+    summed = torch.zeros(1, 150, 230)
+    for rs, cs in grid.tiles():
+        summed[0, rs, cs] += window
+    weighted = torch.rand(2, 150, 230)
+    expected = weighted / summed
+    divide_by_weight_sum(weighted, grid, band=37)
+    torch.testing.assert_close(weighted, expected, atol=1e-6, rtol=1e-6)
+
+
+def test_out_is_accumulated_in_place_when_it_covers_the_grid():
+    net = small_net(2, 3)
+    image = random_image(2, 150, 230, seed=6)
+    expected = predict_tiled(net, image, tile=64, halo=8)
+    out = torch.full((3, 150, 230), 7.0)
+    assert predict_tiled(net, image, tile=64, halo=8, out=out) is out
+    torch.testing.assert_close(out, expected, atol=1e-6, rtol=0)
+    # a side shorter than the tile is padded: the result is copied into out
+    thin = random_image(2, 40, 230, seed=7)
+    out = torch.full((3, 40, 230), 7.0)
+    assert predict_tiled(net, thin, tile=64, halo=8, out=out) is out
+    torch.testing.assert_close(out, predict_tiled(net, thin, tile=64, halo=8), atol=0, rtol=0)
