@@ -1,0 +1,99 @@
+"""AE-SSIM, PaDiM and PatchSVDD as methods: clean-only training, calibration, strict loading.
+
+With the detectors of ``napari_artseg.methods.anomaly`` when present, else with the contract
+detector of ``method_helpers`` (same interface).
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+
+import numpy as np
+import pytest
+import torch
+from method_helpers import ANOMALY, anomaly_params, drain, map_auroc
+from safetensors.torch import load_file, save_file
+
+from napari_artseg.config import preset
+from napari_artseg.errors import ArtSegError, ModelFileError
+from napari_artseg.methods.anomaly_methods import AnomalyModel, raw_scores
+from napari_artseg.predictor import ArtSegModel
+from napari_artseg.training import train_pipeline
+
+
+def train(name, tiny_dataset, labels, out, **changes):
+    config = preset("tiny", method=name, device="cpu", anomaly_params=anomaly_params(),
+                    **changes)
+    return drain(train_pipeline(tiny_dataset / "images", labels, out, config))
+
+
+@pytest.mark.parametrize("name", ANOMALY)
+def test_detector_trains_on_clean_images_and_ranks_artifact_pixels_first(
+        name, detectors, tiny_dataset, labels, eval_set, tmp_path, monkeypatch):
+    seen = []
+    if detectors is None:  # the contract detector records what it was fitted on
+        from napari_artseg.methods import anomaly_methods
+
+        cls = anomaly_methods.detector_class(name)
+
+        class Recording(cls):
+            def fit(self, images):
+                seen.extend(images)
+                return (yield from super().fit(images))
+
+        monkeypatch.setattr(anomaly_methods, "detector_class", lambda _name: Recording)
+    events, folder = train(name, tiny_dataset, labels, tmp_path / "m")
+    document = json.loads((folder / "config.json").read_text())
+    assert document["method"] == name and document["components"] == ["detector"]
+    assert set(document["calibration"]) == {"center", "scale", "percentile"}
+    assert document["calibration"]["percentile"] == 99.0
+    rows = list(csv.DictReader(open(folder / "manifest.csv", newline="")))
+    fitted = [r for r in rows if r["target"] == "detector"]
+    assert fitted and all(r["label"] == "clean" and r["split"] == "train" for r in fitted)
+    if detectors is None:
+        assert len(seen) == len(fitted)
+    assert {"data", name, "calibration", "thresholds", "save"} <= {e.stage for e in events}
+    model = ArtSegModel.load(folder, device="cpu")
+    assert isinstance(model, AnomalyModel) and not model.has_classifier
+    assert map_auroc(model, eval_set) > 0.6
+
+
+@pytest.mark.parametrize("name", ["ae_ssim"])
+def test_calibrated_map_is_monotone_in_the_raw_score_and_gates_on_its_maximum(
+        name, detectors, tiny_dataset, labels, tmp_path):
+    _, folder = train(name, tiny_dataset, labels, tmp_path / "m")
+    model = ArtSegModel.load(folder, device="cpu")
+    image = np.random.default_rng(2).normal(300, 30, (40, 52)).astype(np.float32)
+    image[10:20, 10:20] += 200
+    prepared = model.prepare(image)
+    raw = raw_scores(model.detector, prepared).ravel()
+    prob = model.processing_map(prepared).ravel()
+    order = torch.argsort(raw)
+    assert torch.all(prob[order][1:] >= prob[order][:-1])
+    assert model.artifact_score(prepared) == pytest.approx(float(prob.max()))
+    small = model.predict(np.full((20, 24), 100.0, np.float32), gate=False)  # padded to 32
+    assert small.probability.shape == (20, 24)
+    # a tampered state tensor is refused with the file named
+    tensors = load_file(str(folder / "detector.safetensors"))
+    first = sorted(tensors)[0]
+    tensors[first] = torch.zeros(*(s + 1 for s in tensors[first].shape))
+    save_file(tensors, str(folder / "detector.safetensors"))
+    with pytest.raises(ModelFileError, match=r"detector\.safetensors"):
+        ArtSegModel.load(folder, device="cpu")
+
+
+def test_a_project_without_clean_images_is_refused(detectors, tiny_dataset, labels, tmp_path):
+    only_artifacts = {k: v for k, v in labels.items() if v == "artifact"}
+    with pytest.raises(ArtSegError, match="needs at least 2 images labelled clean; got 0"):
+        train("padim", tiny_dataset, only_artifacts, tmp_path / "m")
+    assert not (tmp_path / "m").exists()
+
+
+def test_clean_only_project_uses_the_calibration_as_thresholds(detectors, tiny_dataset, labels,
+                                                               tmp_path):
+    clean = {k: v for k, v in labels.items() if v == "clean"}
+    _, folder = train("patchsvdd", tiny_dataset, clean, tmp_path / "m")
+    document = json.loads((folder / "config.json").read_text())
+    assert document["thresholds"]["gate"] == 0.5 and document["thresholds"]["mask"] == 0.5
+    assert "calibration defaults" in document["validation_metrics"]["note"]
