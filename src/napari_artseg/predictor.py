@@ -134,7 +134,6 @@ class ArtSegModel:
         """The normalised (1, h, w) tensor at the processing scale."""
         return prepare_image(image, self.config.scale, self.config.normalization)
 
-    @torch.inference_mode()
     def artifact_score(self, prepared: torch.Tensor) -> float:
         """The gate score of a prepared image, in [0, 1].
 
@@ -144,7 +143,7 @@ class ArtSegModel:
         if self.classifier is None:
             return float(self.processing_map(prepared).max())
         view = global_view(prepared, self.config.input_size)[None].to(self.device)
-        with autocast(self.device, self.config.amp):
+        with torch.inference_mode(), autocast(self.device, self.config.amp):
             logit = self.classifier(view)
         return float(torch.sigmoid(logit.float())[0])
 
@@ -156,13 +155,15 @@ class ArtSegModel:
         """
         if self._memo is not None and self._memo[0] is prepared:
             return self._memo[1]
-        result = self._compute_map(prepared, batch_size).float().clamp(0, 1).cpu()
+        with torch.inference_mode():
+            result = self._compute_map(prepared, batch_size)
+        result = result.float().clamp(0, 1).cpu()  # outside inference mode: an ordinary tensor
         self._memo = (prepared, result)
         return result
 
-    @torch.inference_mode()
     def _compute_map(self, prepared: torch.Tensor, batch_size: int) -> torch.Tensor:
-        """The tiled U-Net probability (methods with another map override this)."""
+        """The tiled U-Net probability (methods with another map override this; called in
+        inference mode)."""
 
         def forward(batch: torch.Tensor) -> torch.Tensor:
             with autocast(self.device, self.config.amp):
@@ -184,7 +185,7 @@ class ArtSegModel:
         """
         prob = self.processing_map(prepared, batch_size)
         full = resize(prob[None, None], tuple(shape))[0, 0]
-        return full.clamp_(0, 1).numpy().astype(np.float32, copy=False)
+        return full.clamp(0, 1).numpy().astype(np.float32, copy=False)
 
     def saliency(self, image: np.ndarray) -> np.ndarray | None:
         """The classifier's Score-CAM map of an image at full resolution, in [0, 1].

@@ -18,9 +18,16 @@ import torch.nn.functional as F
 from napari_artseg.training.events import ProgressEvent
 
 ANOMALY = ("ae_ssim", "padim", "patchsvdd")
-#: Small, fast parameters for the real detectors (only keys a detector knows are used).
-TINY_DETECTOR_PARAMS = {"epochs": 2, "steps_per_epoch": 4, "batch_size": 8, "patch_size": 32,
-                        "width": 8, "latent": 16}
+#: Small, fast parameters for the real detectors (tiny images: 48 px at the processing scale).
+TINY_DETECTOR_PARAMS = {
+    "ae_ssim": {"patch_size": 32, "width": 8, "latent": 16, "epochs": 3, "steps_per_epoch": 8,
+                "batch_size": 8},
+    "padim": {"crop_size": 32, "ae_patch_size": 32, "ae_width": 8, "ae_latent": 16, "d": 12,
+              "layers": [1, 2],
+              "n_crops": 64, "epochs": 3, "steps_per_epoch": 8, "batch_size": 8},
+    "patchsvdd": {"patch_sizes": [32], "width": 8, "dim": 16, "epochs": 3,
+                  "steps_per_epoch": 8, "batch_size": 16, "memory_size": 512},
+}
 
 
 class LocalStatsDetector:
@@ -82,8 +89,7 @@ def anomaly_params() -> dict:
     detectors = real_detectors()
     if detectors is None:
         return {}
-    return {name: {k: v for k, v in TINY_DETECTOR_PARAMS.items()
-                   if k in detectors[name].default_params()} for name in ANOMALY}
+    return {name: dict(TINY_DETECTOR_PARAMS[name]) for name in ANOMALY}
 
 
 def map_auroc(model, folder: Path) -> float:

@@ -23,8 +23,9 @@ from napari_artseg.training import train_pipeline
 
 
 def train(name, tiny_dataset, labels, out, **changes):
+    # scale 1: the detectors' patches (32 px and their neighbours) need images of 64 px and more
     config = preset("tiny", method=name, device="cpu", anomaly_params=anomaly_params(),
-                    **changes)
+                    scale=1.0, **changes)
     return drain(train_pipeline(tiny_dataset / "images", labels, out, config))
 
 
@@ -97,3 +98,22 @@ def test_clean_only_project_uses_the_calibration_as_thresholds(detectors, tiny_d
     document = json.loads((folder / "config.json").read_text())
     assert document["thresholds"]["gate"] == 0.5 and document["thresholds"]["mask"] == 0.5
     assert "calibration defaults" in document["validation_metrics"]["note"]
+
+
+def test_padim_can_use_the_projects_classifier_as_backbone(tiny_dataset, labels, tmp_path):
+    from napari_artseg.methods import get_method
+
+    params = {**anomaly_params()["padim"], "backbone": "classifier", "d": 8}
+    config = preset("tiny", method="padim", device="cpu", scale=1.0, classifier_epochs=2,
+                    anomaly_params={"padim": params})
+    clean_only = {k: v for k, v in labels.items() if v == "clean"}
+    assert "needs at least 2 clean and 2 artifact" in get_method("padim").missing_inputs(
+        clean_only, None, config)
+    events, folder = drain(train_pipeline(tiny_dataset / "images", labels, tmp_path / "m",
+                                          config))
+    assert [e.stage for e in events if e.kind == "stage"][1:3] == ["classifier", "padim"]
+    assert (folder / "history_classifier.csv").is_file()
+    model = ArtSegModel.load(folder, device="cpu")
+    assert model.detector.params["backbone"] == "classifier" and not model.has_classifier
+    image = np.random.default_rng(6).normal(300, 30, (80, 64)).astype(np.float32)
+    assert model.predict(image, gate=False).probability.shape == (80, 64)

@@ -144,3 +144,15 @@ def test_mask_settings_without_targets_prefer_f1_then_a_central_threshold():
     threshold, fraction, report = choose_mask_settings(
         probs, np.array([0, 1]), np.array([True, True]), [None, None], np.array([False, False]))
     assert report["val_image_f1"] == 1.0 and threshold == 0.5 and fraction == 0.0
+
+
+def test_the_methods_package_imports_no_gui_toolkit():
+    import subprocess
+    import sys
+
+    code = ("import sys, napari_artseg.methods, napari_artseg.methods.anomaly_methods\n"
+            "print(','.join(sorted(m for m in sys.modules if m.split('.')[0] in "
+            "('napari', 'qtpy', 'PyQt5', 'PyQt6', 'PySide2', 'PySide6', 'magicgui', 'vispy'))))")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                            check=True)
+    assert result.stdout.strip() == ""

@@ -190,7 +190,9 @@ def run(args: argparse.Namespace) -> int:
     remove_stale_temporaries(out.parent)
     if out.exists():
         raise ArtSegError(f"{out}: already exists; choose a new model folder")
-    labels = existing_labels(images, labels_path) if labels_path else {}
+    labels = {}
+    if labels_path is not None and (needs_labels or labels_path.is_file()):
+        labels = existing_labels(images, labels_path)
     if project is not None and not needs_labels:
         labels = {key: labels.get(key, "unsure") for key in project.images()}
     method.check_inputs(labels, masks, config)

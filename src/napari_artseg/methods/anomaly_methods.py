@@ -8,7 +8,12 @@ percentile of their pixel scores and ``t = (c - median) / 4``, so a clean
 pixel's median score maps to about 0.018 and ``c`` to 0.5. Artifact-labelled
 images are used only on the validation split, to choose the gate and mask
 thresholds (without any, the calibration's 0.5 is the threshold). There is no
-classifier: the gate score is the maximum of the calibrated map.
+classifier gate: the gate score is the maximum of the calibrated map.
+
+PaDiM's backbone is by default an autoencoder trained on the clean images. With
+``anomaly_params={"padim": {"backbone": "classifier"}}`` the project's classifier,
+trained first in the same run on the image labels of both classes, is the
+backbone instead (so that option needs image labels).
 """
 
 from __future__ import annotations
@@ -27,7 +32,8 @@ from ..config import ArtSegConfig
 from ..errors import ArtSegError, ModelFileError
 from ..model_files import load_tensors
 from ..predictor import ArtSegModel, MapAsLogits
-from ..training.data import load_training_items, stratified_split
+from ..training.classifier import train_classifier
+from ..training.data import check_label_counts, load_training_items, stratified_split
 from ..training.events import ProgressEvent
 from .base import Method, label_counts
 from .common import MethodRun, choose_thresholds, manifest
@@ -136,6 +142,22 @@ class AnomalyMethod(Method):
     def __init__(self, name: str, title: str, description: str) -> None:
         self.name, self.title, self.description = name, title, description
 
+    def uses_classifier(self, config: ArtSegConfig | None) -> bool:
+        """Whether the run trains the project's classifier as the backbone (PaDiM option)."""
+        params = config.anomaly_params.get(self.name, {}) if config is not None else {}
+        return params.get("backbone") == "classifier"
+
+    def missing_inputs(self, labels: dict[str, str], masks_dir: str | os.PathLike | None = None,
+                       config: ArtSegConfig | None = None) -> str:
+        """Clean images; image labels of both classes too with the classifier backbone."""
+        message = super().missing_inputs(labels, masks_dir, config)
+        counts = label_counts(labels)
+        if not message and self.uses_classifier(config) and min(counts.values()) < 2:
+            message = (f"{self.title} with the classifier backbone needs at least 2 clean and "
+                       f"2 artifact images; got {counts['clean']} clean and "
+                       f"{counts['artifact']} artifact")
+        return message
+
     def load(self, folder: Path, document: dict[str, Any], device: torch.device) -> ArtSegModel:
         """The detector (its tensors, strictly checked) and the calibration."""
         self.check_complete(folder, document)
@@ -167,7 +189,7 @@ class AnomalyMethod(Method):
     ) -> Generator[ProgressEvent, None, Path]:
         """Fit the detector on clean training images, calibrate, choose thresholds, save."""
         self.check_init(init)
-        self.check_inputs(labels)
+        self.check_inputs(labels, masks_dir, config)
         cls = detector_class(self.name)
         run = MethodRun(out, config)
         yield run.started()
@@ -182,6 +204,14 @@ class AnomalyMethod(Method):
                             pixel_size_um=pixel_size or config.pixel_size_um,
                             n_curated_masks=sum(i.curated for i in items))
         try:
+            if self.uses_classifier(config):
+                check_label_counts(items)
+                yield ProgressEvent("classifier", kind="stage",
+                                    message=f"training the classifier ({self.title} backbone)")
+                classifier, fit = yield from train_classifier(items, train_idx, val_idx, config,
+                                                              run.device)
+                run.tables["history_classifier"] = fit.history
+                detector.attach_classifier(classifier)
             yield ProgressEvent(self.name, kind="stage",
                                 message=f"training {self.title} on {len(clean_train)} clean images")
             yield from detector.fit(clean_train)
