@@ -114,3 +114,15 @@ def test_fine_tuning_needs_a_model_of_the_same_method(cdl, tiny_dataset, labels,
                                     init=folder))
     parent = json.loads((folder / "config.json").read_text())["model_id"]
     assert json.loads((tuned / "config.json").read_text())["parent"] == parent
+
+
+def test_the_predict_tab_cache_works_without_a_classifier(cdl, tiny_dataset):
+    from napari_artseg.prediction_cache import predict_one
+
+    model = ArtSegModel.load(cdl[1], device="cpu")
+    name = sorted(p.name for p in (tiny_dataset / "images").iterdir())[1]
+    item = predict_one(model, tiny_dataset / "images", name, saliency=True)
+    assert item.saliency is None and item.probability.shape == (96, 96)
+    assert item.ungated is None or item.ungated.shape == (96, 96)
+    assert item.score == pytest.approx(model.artifact_score(model.prepare(
+        read_image(tiny_dataset / "images" / name).data)))
