@@ -109,3 +109,29 @@ def test_cli_retrain_reports_before_after_and_manifests(tiny_dataset, tiny_model
     # the loss saw curated pixels weighted more heavily, with the Dice term on
     assert max(w for w, _ in weights) == pytest.approx(4.0)
     assert {d for _, d in weights} == {1.0}
+
+
+def test_a_current_model_that_cannot_fine_tune_is_replaced_from_scratch(tiny_dataset, tmp_path,
+                                                                        capsys):
+    import torch
+
+    from napari_artseg.config import preset
+    from napari_artseg.model_files import save_model
+
+    project = _project(tiny_dataset, tmp_path, n_masks=3)  # too few to hold any out
+    padim = project.models_dir / "20000101T000000Z-padim"
+    save_model(padim, preset("tiny", method="padim"), {"detector": {"mean": torch.zeros(2)}},
+               {"thresholds": {"gate": 0.5, "mask": 0.5, "min_size_px": 0},
+                "detector_params": {}, "calibration": {"center": 0, "scale": 1,
+                                                       "percentile": 99}})
+    project.set_current_model(padim)
+    code = main(["train", "--project", str(project.folder), "--preset", "tiny", "--epochs", "1",
+                 "--set", "self_training_rounds=0", "--quiet"])
+    captured = capsys.readouterr()
+    assert code == 0, captured.err
+    assert "(from scratch)" in captured.out and "(padim) cannot be fine-tuned" in captured.out
+    reopened = Project.open(project.folder)
+    folder = reopened.models_dir / reopened.current_model
+    document = json.loads((folder / "config.json").read_text())
+    assert document["method"] == "scorecam_unet" and document["parent"] is None
+    assert json.loads((folder / "retrain_report.json").read_text())["parent"] is None

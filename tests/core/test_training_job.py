@@ -71,3 +71,21 @@ def test_curve_recorder_numbers_repeated_stages_on():
         recorder.add(epoch(stage, n))
     assert [(r["stage"], r["epoch"]) for r in recorder.rows] == [
         ("classifier", 1), ("classifier", 2), ("unet", 1), ("unet", 2), ("unet", 3)]
+
+
+def test_a_method_without_labels_takes_every_project_image(tiny_dataset, tmp_path):
+    import shutil
+
+    from napari_artseg.project import Project
+
+    shutil.copytree(tiny_dataset / "images", tmp_path / "images")
+    project = Project.create(tmp_path / "images")
+    first = project.images()[0]
+    project.labels.set(first, "clean")
+    job = TrainingJob.for_project(project, preset("tiny", method="cdl"))
+    assert sorted(job.labels) == project.images() and job.labels[first] == "clean"
+    assert set(job.labels.values()) == {"clean", "unsure"} and job.missing_inputs() == ""
+    assert job.out.name.endswith("-cdl")
+    job = TrainingJob.for_project(project, preset("tiny", method="ae_ssim"))
+    assert job.labels == {first: "clean"}
+    assert "needs at least 2 images labelled clean; got 1" in job.missing_inputs()

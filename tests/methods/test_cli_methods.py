@@ -54,6 +54,8 @@ def test_train_then_predict_from_the_command_line(method, small_set, detectors, 
     assert f"{method} model" in out and "thresholds: " in out and "gate" in out
     document = json.loads((tmp_path / "m" / "config.json").read_text())
     assert document["method"] == document["config"]["method"] == method
+    if method in ("ae_ssim", "padim", "patchsvdd"):  # --epochs reaches the detectors
+        assert document["detector_params"]["epochs"] == 1
     images = sorted((small_set / "images").iterdir())[3:5]
     status, _, err = run_cli(capsys, "predict", "--model", tmp_path / "m", "--out",
                              tmp_path / "p", "--device", "cpu", "--quiet", *images)

@@ -74,7 +74,7 @@ class TrainingWidget(QWidget):
         self.project_label.setWordWrap(True)
         layout.addWidget(self.project_label)
         self.settings = TrainingSettings()
-        self.settings.method_changed.connect(self._on_method_changed)
+        self.settings.method_changed.connect(self._show_needs)
         layout.addWidget(self.settings)
         self.needs_label = QLabel("")
         self.needs_label.setWordWrap(True)
@@ -139,11 +139,7 @@ class TrainingWidget(QWidget):
         self._show_needs()
         super().showEvent(event)
 
-    def _on_method_changed(self, _name: str) -> None:
-        """Say what the newly chosen method needs and whether the project has it."""
-        self._show_needs()
-
-    def _show_needs(self) -> None:
+    def _show_needs(self, _method: str = "") -> None:
         """``Needs ...`` for the chosen method, and what the project lacks for it."""
         text = self.settings.supervision_text()
         missing = self._missing_inputs()
