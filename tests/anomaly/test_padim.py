@@ -8,9 +8,14 @@ import pytest
 import torch
 from anomaly_helpers import TINY_PARAMS
 
-from napari_artseg.methods.anomaly import DetectorParamsError, PaDiM, mahalanobis_map
+from napari_artseg.methods.anomaly import (
+    DetectorParamsError,
+    DetectorStateError,
+    PaDiM,
+    mahalanobis_map,
+)
 from napari_artseg.methods.anomaly.encoders import embed
-from napari_artseg.methods.anomaly.padim import choose_channels
+from napari_artseg.methods.anomaly.gaussians import choose_channels
 from napari_artseg.methods.anomaly.patches import CropSampler
 from napari_artseg.models import ResNetClassifier
 
@@ -103,8 +108,15 @@ def test_classifier_backbone_fits_and_round_trips(clean_images, artifact_images)
     assert scores.shape == (90, 77) and torch.isfinite(scores).all()
     # the state carries the architecture and weights: no classifier needs to be attached
     loaded = PaDiM(params)
-    loaded.load_state_tensors(detector.state_tensors())
+    state = detector.state_tensors()
+    loaded.load_state_tensors(state)
     assert torch.equal(loaded.score_map(image), scores)
+    bad_arch = {**state, "classifier_arch": torch.tensor([7, 8, 1, 1])}
+    with pytest.raises(DetectorStateError, match="'classifier_arch' holds no valid"):
+        PaDiM(params).load_state_tensors(bad_arch)
+    without = {k: v for k, v in state.items() if k != "classifier_arch"}
+    with pytest.raises(DetectorStateError, match="'classifier_arch' is missing"):
+        PaDiM(params).load_state_tensors(without)
 
 
 def test_classifier_backbone_checks():

@@ -7,14 +7,14 @@ import numpy as np
 import torch
 
 from napari_artseg.methods.anomaly.networks import PatchEncoder
-from napari_artseg.methods.anomaly.patches import CropSampler
-from napari_artseg.methods.anomaly.patchsvdd import (
+from napari_artseg.methods.anomaly.pair_sampling import (
     NEIGHBOURS,
-    nearest_distance,
     position_offsets,
     sample_pairs,
     svdd_offsets,
 )
+from napari_artseg.methods.anomaly.patches import CropSampler
+from napari_artseg.methods.anomaly.patchsvdd import nearest_distance
 
 
 def test_dense_embeddings_equal_per_patch_embeddings():

@@ -30,11 +30,24 @@ def classifier_arch(classifier: ResNetClassifier) -> torch.Tensor:
     )
 
 
-def classifier_from_arch(arch: torch.Tensor) -> ResNetClassifier:
+def classifier_from_arch(arch: torch.Tensor | None) -> ResNetClassifier:
     """An untrained :class:`ResNetClassifier` of the architecture :func:`classifier_arch`
-    describes."""
+    describes.
+
+    Raises
+    ------
+    ValueError
+        When ``arch`` is missing, not four int64 values, or no valid architecture.
+    """
+    if arch is None:
+        raise ValueError("is missing")
+    if not isinstance(arch, torch.Tensor) or arch.shape != (4,) or arch.dtype != torch.int64:
+        raise ValueError("must be 4 int64 values (depth, width, in_channels, stem_pool)")
     depth, width, in_channels, stem_pool = (int(v) for v in arch.tolist())
-    return ResNetClassifier(depth, width, in_channels, bool(stem_pool))
+    try:
+        return ResNetClassifier(depth, width, in_channels, bool(stem_pool))
+    except ValueError as error:
+        raise ValueError(f"holds no valid architecture ({error})") from None
 
 
 def layer_strides(backbone: torch.nn.Module, layers: Sequence[int]) -> list[int]:
@@ -58,6 +71,22 @@ def max_layer(backbone: torch.nn.Module) -> int:
     if isinstance(backbone, ConvAutoencoder):
         return backbone.levels
     return len(backbone.stages)
+
+
+def backbone_problem(
+    backbone: torch.nn.Module, layers: Sequence[int], crop: int, d: int
+) -> str | None:
+    """Why ``layers``, ``crop`` size and ``d`` do not suit ``backbone`` (None when they do)."""
+    if max(layers) > max_layer(backbone):
+        return f"parameter 'layers' {list(layers)}: it has layers 1 to {max_layer(backbone)}"
+    stride = layer_strides(backbone, layers)[-1]
+    if crop % stride:
+        return (f"parameter 'crop_size' ({crop}) must be a multiple of {stride}, the stride of "
+                f"layer {max(layers)}")
+    channels = sum(layer_channels(backbone, layers))
+    if d > channels:
+        return f"parameter 'd' ({d}) exceeds the {channels} channels of layers {list(layers)}"
+    return None
 
 
 def layer_features(backbone: torch.nn.Module, x: torch.Tensor, layers: Sequence[int]) -> list:

@@ -33,42 +33,10 @@ from .base import (
     module_shapes,
     module_tensors,
 )
+from .gaussians import GaussianAccumulator, choose_channels, mahalanobis_map
 from .networks import ConvAutoencoder
 from .patches import CropSampler, pad_to_at_least
 from .ssim import gaussian_blur
-
-
-def mahalanobis_map(
-    embeddings: torch.Tensor, mean: torch.Tensor, cov_inv: torch.Tensor
-) -> torch.Tensor:
-    """Mahalanobis distance of every embedding to its position's Gaussian.
-
-    Parameters
-    ----------
-    embeddings : torch.Tensor
-        (N, d, h, w) embeddings.
-    mean : torch.Tensor
-        (h, w, d) mean per position.
-    cov_inv : torch.Tensor
-        (h, w, d, d) inverse covariance per position.
-
-    Returns
-    -------
-    torch.Tensor
-        (N, h, w): ``sqrt((x - mu)^T S^-1 (x - mu))`` per image and position.
-    """
-    n, d, h, w = embeddings.shape
-    delta = embeddings.permute(2, 3, 0, 1).reshape(h * w, n, d) - mean.reshape(h * w, 1, d)
-    product = torch.bmm(delta, cov_inv.reshape(h * w, d, d))
-    squared = (product * delta).sum(-1).clamp_min(0.0)
-    return squared.sqrt().reshape(h, w, n).permute(2, 0, 1)
-
-
-def choose_channels(total: int, d: int, seed: int) -> torch.Tensor:
-    """``d`` of ``total`` embedding channels drawn at random without replacement (seeded),
-    in increasing order, as an int64 tensor (PaDiM's random dimensionality reduction)."""
-    chosen = np.random.default_rng([seed, 1]).choice(total, d, replace=False)
-    return torch.from_numpy(np.sort(chosen)).to(torch.int64)
 
 
 class PaDiM(AnomalyDetector):
@@ -170,22 +138,10 @@ class PaDiM(AnomalyDetector):
 
     def _check_backbone(self, backbone: torch.nn.Module, error=DetectorParamsError) -> None:
         """Raise ``error`` when layers, crop size or d do not suit ``backbone``."""
-        layers, crop = self.params["layers"], self.params["crop_size"]
-        if max(layers) > encoders.max_layer(backbone):
-            raise error(
-                f"parameter 'layers' {layers}: the {self.params['backbone']} backbone has "
-                f"layers 1 to {encoders.max_layer(backbone)}"
-            )
-        stride = encoders.layer_strides(backbone, layers)[-1]
-        if crop % stride:
-            raise error(
-                f"parameter 'crop_size' ({crop}) must be a multiple of {stride}, the stride of "
-                f"layer {max(layers)}"
-            )
-        channels = sum(encoders.layer_channels(backbone, layers))
-        if self.params["d"] > channels:
-            raise error(f"parameter 'd' ({self.params['d']}) exceeds the {channels} channels "
-                        f"of layers {layers}")
+        p = self.params
+        problem = encoders.backbone_problem(backbone, p["layers"], p["crop_size"], p["d"])
+        if problem:
+            raise error(f"{p['backbone']} backbone: {problem}")
 
     def attach_classifier(self, classifier: ResNetClassifier) -> None:
         """Use a frozen copy of a trained ``classifier`` as the backbone.
@@ -210,8 +166,8 @@ class PaDiM(AnomalyDetector):
 
     def _grid_for(self, backbone: torch.nn.Module) -> tuple[int, int]:
         """(h, w) positions of the per-position Gaussians with ``backbone``."""
-        stride = encoders.layer_strides(backbone, self.params["layers"])[0]
-        side = self.params["crop_size"] // stride
+        p = self.params
+        side = p["crop_size"] // encoders.layer_strides(backbone, p["layers"])[0]
         return side, side
 
     def _halo(self) -> int:
@@ -266,26 +222,19 @@ class PaDiM(AnomalyDetector):
         """Mean and regularised inverse covariance per position from ``n_crops`` crops."""
         p = self.params
         h, w = self._grid_for(self.backbone)
-        d, n = p["d"], p["n_crops"]
-        total = torch.zeros(h * w, d, dtype=torch.float64, device=self.device)
-        outer = torch.zeros(h * w, d, d, dtype=torch.float64, device=self.device)
-        done = 0
+        n = p["n_crops"]
+        stats = GaussianAccumulator(h * w, p["d"], self.device)
         self.backbone.eval()
-        while done < n:
-            size = min(p["score_batch_size"], n - done)
-            crops = sampler.crops(size, p["crop_size"]).to(self.device)
+        while stats.count < n:
+            crops = sampler.crops(min(p["score_batch_size"], n - stats.count), p["crop_size"])
             with torch.inference_mode():
-                e = encoders.embed(self.backbone, crops, p["layers"], self.channels)
-            e = e.to(torch.float64).permute(2, 3, 0, 1).reshape(h * w, size, d)
-            total += e.sum(1)
-            outer += torch.bmm(e.transpose(1, 2), e)
-            done += size
-            yield ProgressEvent("padim_statistics", done, n, message=f"{done}/{n} crops")
-        mean = total / n
-        cov = (outer - n * mean[:, :, None] * mean[:, None, :]) / (n - 1)
-        cov += p["eps"] * torch.eye(d, dtype=torch.float64, device=self.device)
-        self.mean = mean.reshape(h, w, d).to(torch.float32)
-        self.cov_inv = torch.linalg.inv(cov).reshape(h, w, d, d).to(torch.float32)
+                stats.add(encoders.embed(self.backbone, crops.to(self.device), p["layers"],
+                                         self.channels))
+            yield ProgressEvent("padim_statistics", stats.count, n,
+                                message=f"{stats.count}/{n} crops")
+        mean, cov_inv = stats.finish(p["eps"])
+        self.mean = mean.reshape(h, w, p["d"])
+        self.cov_inv = cov_inv.reshape(h, w, p["d"], p["d"])
 
     def _crop_scores(self, batch: torch.Tensor) -> torch.Tensor:
         """(B, 1, T, T) crops -> (B, 1, T, T) Mahalanobis maps, upsampled bilinearly."""
@@ -331,16 +280,11 @@ class PaDiM(AnomalyDetector):
 
     def _expected_shapes(self, tensors) -> dict:
         if self.params["backbone"] == "classifier":
-            arch = tensors.get("classifier_arch")
-            if (not isinstance(arch, torch.Tensor) or arch.shape != (4,)
-                    or arch.dtype != torch.int64):
-                raise DetectorStateError(
-                    "padim state: tensor 'classifier_arch' is missing or not 4 int64 values"
-                )
             try:
-                candidate = encoders.classifier_from_arch(arch)
+                candidate = encoders.classifier_from_arch(tensors.get("classifier_arch"))
             except ValueError as error:
-                raise DetectorStateError(f"padim state: bad 'classifier_arch': {error}") from None
+                message = f"padim state: tensor 'classifier_arch' {error}"
+                raise DetectorStateError(message) from None
             self._check_backbone(candidate, DetectorStateError)
         else:
             candidate = self._new_autoencoder()
