@@ -30,6 +30,7 @@ def test_map_is_one_minus_ssim_of_the_reconstruction(fitted, artifact_images):
     expected = 1 - zscore_ssim_map(image[None], recon[None], p["ssim_data_range"],
                                    p["ssim_window"], p["ssim_sigma"])[0, 0]
     torch.testing.assert_close(detector.score_map(image), expected)
+    assert detector.reconstruct(image[:, :33, :40]).shape == (1, 33, 40)  # padded inside
     # an image of exactly one patch is reconstructed in one pass
     patch = image[:, :32, :32]
     with torch.inference_mode():
@@ -51,3 +52,13 @@ def test_fit_is_seeded(fitted, clean_images):
 def test_ae_ssim_ranks_artifact_pixels_higher(fitted, artifact_images, pixel_auroc):
     detector, _ = fitted("ae_ssim")
     assert pixel_auroc(detector, artifact_images) > 0.75
+
+
+def test_images_smaller_than_the_patch_are_padded(clean_images):
+    detector = AESSIM({"patch_size": 64, "width": 4, "latent": 8, "epochs": 1,
+                       "steps_per_epoch": 1, "batch_size": 2})
+    list(detector.fit(clean_images))
+    image = clean_images[0][:, :40, :45]
+    assert detector.reconstruct(image).shape == (1, 40, 45)
+    scores = detector.score_map(image)
+    assert scores.shape == (40, 45) and torch.isfinite(scores).all()

@@ -43,6 +43,21 @@ AE_TRAINING_SPECS = {
 }
 
 
+def check_autoencoder_params(params: dict[str, Any], patch_key: str) -> None:
+    """Raise DetectorParamsError for an autoencoder patch size that is not 8 times a power
+    of two, or an even SSIM window."""
+    patch = params[patch_key]
+    if patch % 8 or (patch // 8) & (patch // 8 - 1):
+        raise DetectorParamsError(
+            f"parameter {patch_key!r} must be 8 times a power of two, e.g. 32, 64 or 128 "
+            f"(got {patch})"
+        )
+    if params["ssim_window"] % 2 == 0:
+        raise DetectorParamsError(
+            f"parameter 'ssim_window' must be odd (got {params['ssim_window']})"
+        )
+
+
 def seeded_module(seed: int, factory, *args) -> torch.nn.Module:
     """Build ``factory(*args)`` with torch's CPU generator seeded, without touching the
     caller's global random state."""
@@ -154,16 +169,7 @@ class AESSIM(AnomalyDetector):
 
     @classmethod
     def _check_combination(cls, params: dict) -> None:
-        patch = params["patch_size"]
-        if patch % 8 or (patch // 8) & (patch // 8 - 1):
-            raise DetectorParamsError(
-                f"parameter 'patch_size' must be 8 times a power of two, e.g. 32, 64 or 128 "
-                f"(got {patch})"
-            )
-        if params["ssim_window"] % 2 == 0:
-            raise DetectorParamsError(
-                f"parameter 'ssim_window' must be odd (got {params['ssim_window']})"
-            )
+        check_autoencoder_params(params, "patch_size")
         if params["tile_overlap"] >= 0.5:
             raise DetectorParamsError(
                 f"parameter 'tile_overlap' must be below 0.5 (got {params['tile_overlap']})"
@@ -212,7 +218,9 @@ class AESSIM(AnomalyDetector):
         """The autoencoder's blended reconstruction of a (1, h, w) image, same shape, CPU."""
         self._require_fitted()
         check_image(image)
-        return self._reconstruct(image.to(self.device, torch.float32)).cpu()
+        _, h, w = image.shape
+        x = pad_to_at_least(image.to(self.device, torch.float32), self.params["patch_size"])
+        return self._reconstruct(x)[:, :h, :w].cpu()
 
     def _reconstruct(self, padded: torch.Tensor) -> torch.Tensor:
         self.model.eval()

@@ -22,7 +22,12 @@ from ...models import ResNetClassifier
 from ...tiling import predict_tiled
 from ...training.events import ProgressEvent
 from . import encoders
-from .ae_ssim import AE_TRAINING_SPECS, seeded_module, train_autoencoder
+from .ae_ssim import (
+    AE_TRAINING_SPECS,
+    check_autoencoder_params,
+    seeded_module,
+    train_autoencoder,
+)
 from .base import (
     AnomalyDetector,
     DetectorParamsError,
@@ -123,11 +128,7 @@ class PaDiM(AnomalyDetector):
             raise DetectorParamsError(
                 f"parameter 'tile_overlap' must be below 0.5 (got {params['tile_overlap']})"
             )
-        patch = params["ae_patch_size"]
-        if patch % 8 or (patch // 8) & (patch // 8 - 1):
-            raise DetectorParamsError(
-                f"parameter 'ae_patch_size' must be 8 times a power of two (got {patch})"
-            )
+        check_autoencoder_params(params, "ae_patch_size")
 
     def _new_autoencoder(self) -> ConvAutoencoder:
         p = self.params
