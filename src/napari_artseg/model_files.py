@@ -12,7 +12,7 @@ A model is a folder::
     saliency/<key>.tif        Score-CAM map of each pseudo-labelled image (uint8, 0-255,
                               classifier view size)
     pseudo_labels/<key>.tif   its binarised pseudo-label (uint8 0/1, processing scale)
-    cdl_labels/<key>.tif      (cdl) the conventional detector's label (uint8 0/1, full size)
+    cdl_labels/<key>.tif      (cdl) the conventional detector's label (uint8 0/1, processing scale)
     members/<name>/           (ensemble) each member's own model folder (config.json,
                               weights and tables, no rasters)
 
