@@ -308,17 +308,27 @@ def write_torchscript(model_folder: Path, out: Path) -> list[Path]:
     """TorchScript files of a model's networks under ``out/model/<name>/`` (atomically).
 
     Scripted when possible, else traced on an example input of the model's size.
+    Only ScoreCAM-U-Net, the supervised U-Net and CDL are a classifier and/or a
+    U-Net whose outputs make the map; for other methods (Score-CAM alone, the
+    anomaly detectors, ensembles) nothing is written and an empty list returned:
+    their model zip is the way to share them.
     """
     import torch
 
+    from .models import ResNetClassifier, UNet
     from .predictor import ArtSegModel
 
     model = ArtSegModel.load(model_folder, device="cpu")
+    if not isinstance(model.unet, UNet):
+        return []
     folder = out / "model" / model_folder.name
     written = []
     size = model.config.input_size
     example = torch.zeros(1, 1, size, size)
-    for name, net in (("classifier", model.classifier), ("unet", model.unet)):
+    networks = [("classifier", model.classifier), ("unet", model.unet)]
+    for name, net in networks:
+        if not isinstance(net, ResNetClassifier | UNet):
+            continue  # a method without a classifier
         net = net.float().eval()
         try:
             compiled = torch.jit.script(net)
@@ -336,6 +346,11 @@ def write_torchscript(model_folder: Path, out: Path) -> list[Path]:
         gate=thresholds.get("gate", 0.5), mask=thresholds.get("mask", 0.5),
         divisor=model.unet.divisor, scale=config.scale, normalization=config.normalization,
         halo=config.tile_halo, min_size=thresholds.get("min_size_px", 0))
+    if not isinstance(model.classifier, ResNetClassifier):
+        start = text.index("classifier.torchscript.pt")
+        end = text.index("unet.torchscript.pt")
+        text = (text[:start] + "(no classifier: this method calls an image 'artifact' when the "
+                f"maximum of its map reaches {thresholds.get('gate', 0.5)})\n" + text[end:])
     written.append(atomic_write_text(folder / "README.txt", text))
     return written
 
@@ -406,8 +421,12 @@ def export_project(
         if options.model_archive:
             report.add("model", write_model_archive(masks.folder, out))
         if options.torchscript:
-            for path in write_torchscript(masks.folder, out):
+            scripted = write_torchscript(masks.folder, out)
+            for path in scripted:
                 report.add("model", path)
+            if not scripted:
+                report.notes.append("no TorchScript files: this method's map is not one "
+                                    "network's output; share the model zip instead")
         yield ProgressEvent("export", 1, 1, message="model exported")
     summary = {"exported_at": utc_now(), "project": str(project.folder),
                "model": masks.folder.name if masks.folder is not None else None,

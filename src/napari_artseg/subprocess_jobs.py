@@ -13,8 +13,9 @@ value. Closing the parent generator (a Cancel button, ``worker.quit()``) asks
 the child to stop at its next event: the child closes its generator (so its own
 ``finally`` clean-up runs, e.g. saving a partial model) and exits; the parent
 waits for that, then kills the child if it does not end in time. An exception
-in the child is raised again in the parent (the same exception when it can be
-pickled, else :class:`SubprocessJobError` with its type and message).
+in the child is raised again in the parent as the same class with its first
+line when that class is loaded in the parent (it is looked up, never unpickled),
+else as :class:`SubprocessJobError` with its class name and first line.
 GUI-free.
 """
 
@@ -22,8 +23,8 @@ from __future__ import annotations
 
 import contextlib
 import multiprocessing
-import pickle
 import queue as queue_module
+import sys
 import traceback
 from collections.abc import Callable, Generator
 from typing import Any
@@ -41,14 +42,27 @@ class SubprocessJobError(ArtSegError):
     """An exception in the child that could not be sent back as itself."""
 
 
-def _picklable(exc: BaseException) -> BaseException:
-    """``exc`` itself when it survives pickling, else a SubprocessJobError with its text."""
-    try:
-        pickle.loads(pickle.dumps(exc))
-    except Exception:  # any pickling failure: send the text instead
-        text = str(exc).splitlines()[0] if str(exc) else ""
-        return SubprocessJobError(f"{type(exc).__name__}: {text}".rstrip(": "))
-    return exc
+def _describe(exc: BaseException) -> tuple[str, str, str]:
+    """What the parent needs to raise the exception again: module, class name, first line."""
+    text = str(exc).splitlines()[0] if str(exc) else ""
+    return type(exc).__module__, type(exc).__qualname__, text
+
+
+def _rebuild(module: str, name: str, text: str) -> BaseException:
+    """The child's exception as the same class when that class is already loaded here.
+
+    Only classes of modules this process has imported are looked up (nothing is
+    imported, nothing is unpickled); anything else becomes a SubprocessJobError.
+    """
+    found: Any = sys.modules.get(module)
+    for part in name.split("."):
+        found = getattr(found, part, None)
+    if isinstance(found, type) and issubclass(found, Exception):
+        try:
+            return found(text)
+        except Exception:  # a constructor that wants other arguments
+            pass
+    return SubprocessJobError(f"{name}: {text}" if text else name)
 
 
 def _child_main(events: Any, cancel: Any, factory: Callable[..., Generator],
@@ -72,8 +86,7 @@ def _child_main(events: Any, cancel: Any, factory: Callable[..., Generator],
                 events.put(("cancelled", None))
                 return
     except BaseException as exc:  # everything goes back to the parent
-        error = _picklable(exc)
-        events.put(("error", (error, traceback.format_exc())))
+        events.put(("error", (*_describe(exc), traceback.format_exc())))
     finally:
         events.close()
         events.join_thread()
@@ -130,7 +143,8 @@ def run_in_subprocess(
             finished = True
             child.join(timeout=CANCEL_GRACE_S)
             if kind == "error":
-                error, text = payload
+                *described, text = payload
+                error = _rebuild(*described)
                 error.add_note(f"in the background job process:\n{text}")
                 raise error
             if kind == "cancelled":

@@ -13,7 +13,9 @@ CORE_MODULES = [
     "napari_artseg.provenance", "napari_artseg.curation", "napari_artseg.prediction_cache",
     "napari_artseg.training_job", "napari_artseg.training_curves", "napari_artseg.postprocess",
     "napari_artseg.export", "napari_artseg.qc_table", "napari_artseg.background_fill",
-    "napari_artseg.retrain", "napari_artseg.active_selection",
+    "napari_artseg.retrain", "napari_artseg.active_selection", "napari_artseg.methods",
+    "napari_artseg.methods.anomaly", "napari_artseg.subprocess_jobs", "napari_artseg.distributed",
+    "napari_artseg.distributed.dask_predict", "napari_artseg.distributed.zarr_predict",
 ]
 
 

@@ -133,3 +133,19 @@ def test_new_core_modules_import_no_gui_toolkit():
             "('napari', 'qtpy', 'PyQt5', 'PyQt6', 'PySide2', 'PySide6', 'magicgui')))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
+
+
+def test_torchscript_export_follows_the_method(tiny_dataset, tmp_path):
+    from napari_artseg.config import preset
+    from napari_artseg.export import write_torchscript
+    from napari_artseg.methods import train_method
+
+    images, labels = tiny_dataset / "images", tiny_dataset / "labels.csv"
+    unet_only = train_method("supervised_unet", images, labels, tmp_path / "sup", preset("tiny"),
+                             masks_dir=tiny_dataset / "masks")
+    written = write_torchscript(unet_only, tmp_path / "out")
+    assert [p.name for p in written] == ["unet.torchscript.pt", "README.txt"]
+    readme = written[-1].read_text(encoding="utf-8")
+    assert "no classifier" in readme and "classifier.torchscript.pt" not in readme
+    saliency_only = train_method("scorecam", images, labels, tmp_path / "cam", preset("tiny"))
+    assert write_torchscript(saliency_only, tmp_path / "out") == []

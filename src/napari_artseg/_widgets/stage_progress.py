@@ -9,7 +9,7 @@ from qtpy.QtWidgets import QGridLayout, QLabel, QProgressBar, QWidget
 
 from ..training.events import ProgressEvent
 
-#: Stages with a bar, and their titles.
+#: The ScoreCAM-U-Net stages: a bar each from the start, with these titles.
 STAGES: dict[str, str] = {
     "classifier": "Classifier",
     "pseudo_labels": "Score-CAM pseudo-labels",
@@ -18,6 +18,20 @@ STAGES: dict[str, str] = {
     "self_training": "Self-training targets",
     "unet_finetune": "U-Net fine-tuning",
 }
+#: Titles of the other methods' stages; their bars are added when the stage first runs.
+OTHER_TITLES: dict[str, str] = {
+    "cdl_labels": "Conventional labels",
+    "ae_ssim": "Autoencoder (AE-SSIM)",
+    "padim": "PaDiM encoder",
+    "padim_backbone": "PaDiM encoder",
+    "padim_statistics": "PaDiM statistics",
+    "patchsvdd": "PatchSVDD encoder",
+    "patchsvdd_memory": "PatchSVDD memory",
+    "calibration": "Calibration",
+    "members": "Ensemble members",
+}
+#: Short bookkeeping stages without a bar.
+NO_BAR = ("data", "thresholds", "save")
 BAR_STEPS = 1000
 #: napari's activity-dock bars are updated at most this often (each update repaints there).
 NAPARI_UPDATE_S = 0.25
@@ -48,7 +62,10 @@ class StageClock:
 
 
 class StageProgress(QWidget):
-    """Bars for the classifier, Score-CAM and U-Net stages, mirrored as napari progress bars.
+    """A bar per training stage, mirrored as napari progress bars.
+
+    ScoreCAM-U-Net's stages have bars from the start; another method's stages get
+    theirs when they first run.
 
     The napari bars (``napari.utils.progress``) appear in napari's activity dock;
     each is opened when its stage starts and closed when it ends or the run stops.
@@ -56,30 +73,37 @@ class StageProgress(QWidget):
 
     def __init__(self) -> None:
         super().__init__()
-        grid = QGridLayout(self)
-        grid.setContentsMargins(0, 0, 0, 0)
+        self._grid = QGridLayout(self)
+        self._grid.setContentsMargins(0, 0, 0, 0)
         self.bars: dict[str, QProgressBar] = {}
         self.eta_labels: dict[str, QLabel] = {}
-        for row, (stage, title) in enumerate(STAGES.items()):
-            bar = QProgressBar()
-            bar.setRange(0, BAR_STEPS)
-            bar.setFormat("%p%")
-            eta = QLabel("")
-            eta.setMinimumWidth(70)
-            grid.addWidget(QLabel(title), row, 0)
-            grid.addWidget(bar, row, 1)
-            grid.addWidget(eta, row, 2)
-            self.bars[stage], self.eta_labels[stage] = bar, eta
+        self.titles: dict[str, str] = {}
+        for stage in STAGES:
+            self._add_bar(stage)
         self._napari_bars: dict[str, Any] = {}
         self._clocks: dict[str, StageClock] = {}
         self.current: str | None = None
         self.events_seen = 0
         self._napari_updated = 0.0
 
+    def _add_bar(self, stage: str) -> None:
+        """A row (title, bar, ETA) for ``stage``."""
+        title = STAGES.get(stage) or OTHER_TITLES.get(stage) or stage.replace("_", " ").capitalize()
+        bar = QProgressBar()
+        bar.setRange(0, BAR_STEPS)
+        bar.setFormat("%p%")
+        eta = QLabel("")
+        eta.setMinimumWidth(70)
+        row = len(self.bars)
+        self._grid.addWidget(QLabel(title), row, 0)
+        self._grid.addWidget(bar, row, 1)
+        self._grid.addWidget(eta, row, 2)
+        self.bars[stage], self.eta_labels[stage], self.titles[stage] = bar, eta, title
+
     def reset(self) -> None:
         """Empty every bar (a new run)."""
         self.close_napari_bars()
-        for stage in STAGES:
+        for stage in self.bars:
             self.bars[stage].setValue(0)
             self.eta_labels[stage].setText("")
         self._clocks.clear()
@@ -91,7 +115,7 @@ class StageProgress(QWidget):
         self.events_seen += 1
         if event.stage != self.current:
             self._stage_changed(event.stage)
-        if event.stage not in STAGES:
+        if event.stage not in self.bars:
             return
         fraction = event.fraction
         self.bars[event.stage].setValue(int(round(fraction * BAR_STEPS)))
@@ -107,23 +131,25 @@ class StageProgress(QWidget):
 
     def _stage_changed(self, stage: str) -> None:
         """Complete the previous stage's bar (early stopping ends short) and open the next."""
-        if self.current in STAGES:
+        if self.current in self.bars:
             self.bars[self.current].setValue(BAR_STEPS)
             self.eta_labels[self.current].setText("done")
             self._close_napari_bar(self.current)
         self.current = stage
-        if stage in STAGES:
+        if stage not in self.bars and stage not in NO_BAR:
+            self._add_bar(stage)
+        if stage in self.bars:
             from napari.utils import progress
 
             self._clocks[stage] = StageClock()
-            self._napari_bars[stage] = progress(total=0, desc=f"ArtSeg: {STAGES[stage]}")
+            self._napari_bars[stage] = progress(total=0, desc=f"ArtSeg: {self.titles[stage]}")
 
     def finish(self, complete: bool) -> None:
         """End of the run: fill the last bar when it completed; close the napari bars."""
-        if complete and self.current in STAGES:
+        if complete and self.current in self.bars:
             self.bars[self.current].setValue(BAR_STEPS)
             self.eta_labels[self.current].setText("done")
-        elif self.current in STAGES:
+        elif self.current in self.bars:
             self.eta_labels[self.current].setText("stopped")
         self.close_napari_bars()
 

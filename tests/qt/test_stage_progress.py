@@ -1,0 +1,24 @@
+"""Stage bars: ScoreCAM-U-Net's from the start, other methods' added when their stage runs."""
+
+from __future__ import annotations
+
+from napari_artseg._widgets.stage_progress import BAR_STEPS, STAGES, StageProgress
+from napari_artseg.training.events import ProgressEvent
+
+
+def test_a_new_stage_gets_its_bar_and_finishes_it(make_napari_viewer, qtbot):
+    make_napari_viewer()  # napari's activity dock receives the mirrored bars
+    progress = StageProgress()
+    qtbot.addWidget(progress)
+    assert list(progress.bars) == list(STAGES)
+    progress.on_event(ProgressEvent("data", kind="stage"))
+    progress.on_event(ProgressEvent("ae_ssim", 3, 10, kind="step"))
+    assert "data" not in progress.bars and progress.titles["ae_ssim"] == "Autoencoder (AE-SSIM)"
+    assert progress.bars["ae_ssim"].value() == int(0.3 * BAR_STEPS)
+    progress.on_event(ProgressEvent("my_new_stage", 1, 2))
+    assert progress.titles["my_new_stage"] == "My new stage"
+    assert progress.bars["ae_ssim"].value() == BAR_STEPS  # the finished stage is filled
+    progress.finish(complete=True)
+    assert progress.bars["my_new_stage"].value() == BAR_STEPS
+    progress.reset()
+    assert all(bar.value() == 0 for bar in progress.bars.values())
