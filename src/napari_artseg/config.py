@@ -67,6 +67,7 @@ class ArtSegConfig:
     scorecam_weighting: str = "probability"
     scorecam_batch_size: int = 32
     scorecam_max_channels: int | None = 32
+    scorecam_stage: int = 4
     pseudo_label_per_image: bool = True
     self_training_rounds: int = 1
     # Thresholds (None: chosen on the validation split after training).
@@ -118,6 +119,7 @@ class ArtSegConfig:
             (self.scorecam_weighting in WEIGHTINGS,
              f"scorecam_weighting must be one of {', '.join(WEIGHTINGS)}"),
             (self.scorecam_batch_size >= 1, "scorecam_batch_size must be >= 1"),
+            (self.scorecam_stage in (1, 2, 3, 4), "scorecam_stage must be 1, 2, 3 or 4"),
             (self.self_training_rounds >= 0, "self_training_rounds must be >= 0"),
             (self.method in METHODS, f"method must be one of {', '.join(METHODS)}"),
             *self._method_checks(),

@@ -193,15 +193,13 @@ class ArtSegModel:
         Uses the model's Score-CAM settings (weighting, batch size, channel limit).
         None for a method without a classifier.
         """
-        from .scorecam import scorecam
+        from .saliency import config_scorecam
 
         if self.classifier is None:
             return None
         prepared = self.prepare(np.asarray(image))
         view = global_view(prepared, self.config.input_size)[None].to(self.device)
-        cam = scorecam(self.classifier, view, batch_size=self.config.scorecam_batch_size,
-                       weighting=self.config.scorecam_weighting,
-                       max_channels=self.config.scorecam_max_channels)
+        cam = config_scorecam(self.classifier, view, self.config)
         full = resize(cam[:, None].float().cpu(), tuple(np.shape(image)))[0, 0]
         return full.clamp_(0, 1).numpy().astype(np.float32, copy=False)
 

@@ -148,3 +148,19 @@ def test_scorecam_at_an_earlier_stage_equals_the_reference() -> None:
     fast = scorecam(view, image)[0]
     assert fast.shape == (64, 64)
     assert torch.allclose(fast, scorecam_reference(view, image[0]), atol=1e-4)
+
+
+def test_config_scorecam_uses_the_configured_stage() -> None:
+    from napari_artseg.config import preset
+    from napari_artseg.models.resnet import StageView
+    from napari_artseg.saliency import config_scorecam
+    from napari_artseg.scorecam import scorecam
+
+    torch.manual_seed(2)
+    net = ResNetClassifier(depth=18, width=4, stem_pool=False).eval()
+    views = torch.randn(1, 1, 64, 64)
+    config = preset("tiny", scorecam_stage=3, scorecam_max_channels=None)
+    expected = scorecam(StageView(net, 3), views, max_channels=None)
+    assert torch.allclose(config_scorecam(net, views, config), expected)
+    assert not torch.allclose(config_scorecam(net, views, config.replace(scorecam_stage=4)),
+                              expected)

@@ -13,7 +13,7 @@ from ..config import ArtSegConfig
 from ..model_files import load_weights
 from ..normalize import resize
 from ..predictor import ArtSegModel, MapAsLogits
-from ..scorecam import scorecam
+from ..saliency import config_scorecam
 from ..training.classifier import build_classifier, train_classifier
 from ..training.data import check_label_counts, global_view, load_training_items, stratified_split
 from ..training.events import ProgressEvent
@@ -54,9 +54,7 @@ class ScoreCAMModel(ArtSegModel):
     def _compute_map(self, prepared: torch.Tensor, batch_size: int) -> torch.Tensor:
         config = self.config
         view = global_view(prepared.float().cpu(), config.input_size)[None].to(self.device)
-        cam = scorecam(self.classifier, view, batch_size=config.scorecam_batch_size,
-                       weighting=config.scorecam_weighting,
-                       max_channels=config.scorecam_max_channels)
+        cam = config_scorecam(self.classifier, view, config)
         return resize(cam[:, None].float().cpu(), tuple(prepared.shape[-2:]))[0, 0]
 
     def _tile_map(self, tile: torch.Tensor) -> torch.Tensor:
