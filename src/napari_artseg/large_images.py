@@ -40,8 +40,10 @@ import numpy as np
 from .atomic import atomic_path
 from .errors import ArtSegError, ImageReadError
 
-#: Images with more pixels than this are predicted by :func:`predict_large_file`.
-LARGE_IMAGE_PIXELS = 64 * 2**20
+#: Images with more pixels than this are predicted by :func:`predict_large_file`. At 32 Mpx
+#: the in-memory path's five or six full-resolution float copies (~0.7 GB) start to matter
+#: next to one paper U-Net tile (~1.6 GB): an 8192 x 8192 image (64 Mpx) is streamed.
+LARGE_IMAGE_PIXELS = 32 * 2**20
 #: Largest processing-scale image (pixels) the streamed path accepts (about 1 GB of float32).
 MAX_PROCESSING_PIXELS = 2**27
 #: Side of the tiles of the TIFFs written here.

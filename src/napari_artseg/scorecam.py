@@ -317,7 +317,12 @@ def scorecam(
         For a bad ``weighting``, ``batch_size``, ``max_channels`` or
         ``score_scale``, or ``images`` that are not 4-D.
     """
-    from .scorecam_tuning import _signature, choose_batch_size, cuda_batch_limit, scoring_network
+    from .scorecam_tuning import (
+        choose_batch_size,
+        cuda_batch_limit,
+        model_signature,
+        scoring_network,
+    )
 
     _check_args(images, weighting)
     _check_options(batch_size, max_channels, score_scale)
@@ -331,7 +336,7 @@ def scorecam(
         with torch.inference_mode():
             if batch_size == "auto":
                 batch = choose_batch_size(network, sample, k, images.device, amp, channels_last,
-                                          signature=_signature(model))
+                                          signature=model_signature(model))
             else:
                 batch = min(int(batch_size), k,
                             cuda_batch_limit(network, sample, images.device, amp))

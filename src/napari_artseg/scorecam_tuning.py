@@ -113,7 +113,7 @@ def scoring_network(model: nn.Module, fold_batch_norm: bool = True,
     return network
 
 
-def _signature(model: nn.Module) -> tuple:
+def model_signature(model: nn.Module) -> tuple:
     """What makes two models cost the same per pass: class and parameter shapes."""
     return (type(model).__name__, tuple(tuple(p.shape) for p in model.parameters()))
 
@@ -159,7 +159,7 @@ def cuda_batch_limit(network: nn.Module, sample_shape: tuple[int, ...], device: 
     """
     if device.type != "cuda":
         return 1 << 30
-    key = (str(device), _signature(network), tuple(sample_shape), amp)
+    key = (str(device), model_signature(network), tuple(sample_shape), amp)
     if key not in _CUDA_LIMITS:
         _synchronize(device)
         torch.cuda.reset_peak_memory_stats(device)
@@ -212,7 +212,7 @@ def choose_batch_size(network: nn.Module, sample_shape: tuple[int, ...], passes:
         return 1
     limit = min(passes, cuda_batch_limit(network, sample_shape, device, amp))
     sizes = sorted({max(1, min(int(c), limit)) for c in candidates})
-    key = (str(device), signature or _signature(network), tuple(sample_shape), passes, amp,
+    key = (str(device), signature or model_signature(network), tuple(sample_shape), passes, amp,
            channels_last, tuple(sizes))
     if key not in _CHOSEN:
         if measure is None:

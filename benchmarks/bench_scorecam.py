@@ -1,0 +1,285 @@
+"""Score-CAM speed: fast exact mode vs the one-channel-per-pass reference, approximations.
+
+On one ``fast``-preset classifier (trained briefly here on synthetic images, or
+the classifier of a model folder given with ``--model``) and the same views:
+
+1. exact fast mode (``scorecam``) vs the reference loop (``scorecam_reference``):
+   maximum absolute difference (must be < 1e-4 in fp32) and speed-up (target >= 1.5x);
+2. a batch-size / option sweep of the exact mode, and the batch size that
+   ``batch_size="auto"`` measures;
+3. approximations (top-N channels, reduced-resolution scoring, both) vs exact:
+   speed-up (target >= 8x) and pseudo-mask IoU against the true synthetic masks
+   (target within 0.02 of exact). Pseudo-masks are binarised as in training: each
+   image at its deletion-test threshold (the median of those found when none flips).
+
+All ratios come from one run; timings are interleaved (every mode once per round)
+and the fastest round is kept, because the machine may be shared.
+
+Usage::
+
+    python benchmarks/bench_scorecam.py --quick
+    python benchmarks/bench_scorecam.py --model path/to/model_folder
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from napari_artseg.config import preset
+from napari_artseg.device import resolve_device
+from napari_artseg.image_files import read_mask
+from napari_artseg.labels_file import read_labels_csv
+from napari_artseg.normalize import mask_to_scale
+from napari_artseg.scorecam import scorecam, scorecam_reference
+from napari_artseg.scorecam_tuning import choose_batch_size, clear_cache, model_signature
+from napari_artseg.synth import write_dataset
+from napari_artseg.training.classifier import build_classifier, train_classifier
+from napari_artseg.training.data import global_view, load_training_items, stratified_split
+from napari_artseg.training.pseudo_labels import FALLBACK_THRESHOLD, deletion_threshold
+
+
+def machine() -> dict:
+    """What the numbers were measured on."""
+    cpu = next((line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo")
+                if line.startswith("model name")), platform.processor())
+    return {"cpu": cpu, "cores": os.cpu_count(), "torch": torch.__version__,
+            "threads": torch.get_num_threads(), "load_average": os.getloadavg(),
+            "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None}
+
+
+def make_set(folder: Path, n: int, size: int, seed: int) -> Path:
+    """A synthetic set (reused when complete)."""
+    if not (folder / "dataset.json").is_file():
+        for _ in write_dataset(folder, n=n, size=size, artifact_fraction=0.5, seed=seed):
+            pass
+    return folder
+
+
+def drain(generator):
+    """Run a progress generator to its return value."""
+    while True:
+        try:
+            next(generator)
+        except StopIteration as stop:
+            return stop.value
+
+
+def trained_classifier(args, config, device) -> torch.nn.Module:
+    """The classifier of ``--model``, or one trained briefly on a synthetic set."""
+    if args.model:
+        from napari_artseg.model_files import load_weights, read_model_document
+
+        document = read_model_document(args.model)
+        classifier = build_classifier(document["config"])
+        load_weights(Path(args.model), "classifier", classifier)
+        return classifier.to(device).eval()
+    from safetensors.torch import load_file, save_file
+
+    train = make_set(Path(args.work) / f"train-n{args.n_train}-s{args.size}", args.n_train,
+                     args.size, 1)
+    cached = Path(args.work) / f"classifier-n{args.n_train}-s{args.size}-e{args.epochs}.safetensors"
+    if cached.is_file():
+        classifier = build_classifier(config)
+        classifier.load_state_dict(load_file(str(cached)))
+        print(f"classifier reused from {cached}", flush=True)
+        return classifier.to(device).eval()
+    labels = read_labels_csv(train / "labels.csv").labels
+    items, _ = drain(load_training_items(train / "images", labels, config))
+    train_idx, val_idx = stratified_split([i.label for i in items], config.val_fraction, 0)
+    start = time.perf_counter()
+    classifier, fit = drain(train_classifier(items, train_idx, val_idx, config, device))
+    print(f"classifier trained in {time.perf_counter() - start:.0f} s: "
+          f"{fit.history[fit.best_epoch - 1] if fit.history else {}}", flush=True)
+    save_file({k: v.contiguous() for k, v in classifier.state_dict().items()}, str(cached))
+    return classifier.eval()
+
+
+def test_views(args, config) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """(view (1, S, S), true mask (S, S) bool) of every artifact image of a held-out set."""
+    test = make_set(Path(args.work) / f"test-n{args.n_test}-s{args.size}", args.n_test,
+                    args.size, 2)
+    labels = read_labels_csv(test / "labels.csv").labels
+    artifact = {k: v for k, v in labels.items() if v == "artifact"}
+    items, _ = drain(load_training_items(test / "images", artifact, config))
+    out = []
+    for item in items:
+        mask = read_mask(test / "masks" / item.key)
+        small = mask_to_scale(mask, (config.input_size, config.input_size))[0] >= 0.5
+        out.append((global_view(item.image, config.input_size), small))
+    return out
+
+
+def timed(fn, views: list[torch.Tensor]) -> tuple[float, list[torch.Tensor]]:
+    """Seconds for ``fn`` over the views one at a time, and the maps."""
+    start = time.perf_counter()
+    maps = [fn(view[None])[0] for view in views]
+    return time.perf_counter() - start, maps
+
+
+def interleaved(modes: dict, views: list[torch.Tensor],
+                rounds: int) -> tuple[dict[str, float], dict[str, list[torch.Tensor]]]:
+    """Fastest-round seconds per image of each mode (modes interleaved in every round),
+    and each mode's maps."""
+    best: dict[str, float] = {}
+    maps: dict[str, list[torch.Tensor]] = {}
+    for _ in range(rounds):
+        for name, fn in modes.items():
+            seconds, maps[name] = timed(fn, views)
+            best[name] = min(best.get(name, float("inf")), seconds / len(views))
+            print(f"  {name}: {seconds / len(views):.3f} s/image", flush=True)
+    return best, maps
+
+
+def pseudo_iou(classifier, views, maps, device) -> float:
+    """Pooled IoU of deletion-test pseudo-masks against the true masks."""
+    cuts = [deletion_threshold(classifier, view, cam, device) for (view, _), cam in
+            zip(views, maps, strict=True)]
+    found = [c for c in cuts if c is not None]
+    fallback = float(np.median(found)) if found else FALLBACK_THRESHOLD
+    inter = union = 0
+    for (_, truth), cam, cut in zip(views, maps, cuts, strict=True):
+        pred = cam >= (cut if cut is not None else fallback)
+        inter += int((pred & truth).sum())
+        union += int((pred | truth).sum())
+    return inter / union if union else float("nan")
+
+
+def main() -> None:
+    """Run the benchmark, print the tables and write the JSON."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="fewer images and epochs")
+    parser.add_argument("--model", help="a model folder whose classifier to use (no training)")
+    parser.add_argument("--n-train", type=int, default=200)
+    parser.add_argument("--n-test", type=int, default=60)
+    parser.add_argument("--size", type=int, default=512, help="synthetic image side (px)")
+    parser.add_argument("--epochs", type=int, default=40, help="classifier epochs")
+    parser.add_argument("--speed-images", type=int, default=4)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--threads", type=int, default=torch.get_num_threads())
+    parser.add_argument("--device", default="cpu", help="cpu, cuda or auto")
+    parser.add_argument("--work", default=os.path.join(tempfile.gettempdir(), "artseg-bench",
+                                                         "scorecam"))
+    parser.add_argument("--json", help="default: benchmarks/results/perf_scorecam[_quick].json")
+    args = parser.parse_args()
+    load_at_start = os.getloadavg()
+    suffix = "_quick" if args.quick else ""
+    args.json = args.json or f"benchmarks/results/perf_scorecam{suffix}.json"
+    if args.quick:
+        args.n_train, args.n_test, args.epochs = 80, 24, 15
+        args.speed_images, args.rounds = 2, 2
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(0)
+    device = resolve_device(args.device)  # a clear message when CUDA is asked for but absent
+    config = preset("fast", classifier_epochs=args.epochs, device=device.type)
+    classifier = trained_classifier(args, config, device)
+    data = test_views(args, config)
+    views = [v.to(device) for v, _ in data]
+    speed_views = views[: args.speed_images]
+    k = classifier.num_feature_channels
+    with torch.inference_mode():
+        dead = sum(int((classifier.features(v[None])[0].flatten(1).amax(1) == 0).sum())
+                   for v in speed_views) / len(speed_views)
+    print(f"{len(views)} artifact test views of {config.input_size} px; K = {k}, "
+          f"{dead:.1f} dead channels per view on average", flush=True)
+
+    # 1. exact fast mode vs the reference loop, and the sweep of the exact mode
+    clear_cache()
+    start = time.perf_counter()
+    scorecam(classifier, speed_views[0][None], batch_size="auto")
+    auto_seconds = time.perf_counter() - start
+    sample = (1, config.input_size, config.input_size)
+    # the cached choice of the call above (found in the cache, nothing is timed again)
+    auto_batch = choose_batch_size(classifier, sample, k, device,
+                                   signature=model_signature(classifier))
+    batches = sorted({1, 16, k} if args.quick else {1, 4, 16, 32, 64, k})
+    exact = {"reference (one channel per pass)": lambda x: scorecam_reference(classifier, x),
+             "exact, batch auto": lambda x: scorecam(classifier, x, batch_size="auto")}
+    exact.update({f"exact, batch {b}": (lambda x, b=b: scorecam(classifier, x, batch_size=b))
+                  for b in batches})
+    exact[f"exact, batch {auto_batch}, batch norms not folded"] = (
+        lambda x: scorecam(classifier, x, batch_size=auto_batch, fold_batch_norm=False))
+    exact[f"exact, batch {auto_batch}, channels_last"] = (
+        lambda x: scorecam(classifier, x, batch_size=auto_batch, channels_last=True))
+    print(f"exact modes on {len(speed_views)} views (s/image; auto chose batch {auto_batch} "
+          f"in {auto_seconds:.1f} s including its first map):", flush=True)
+    speed, exact_maps = interleaved(exact, speed_views, args.rounds)
+    ref_maps = exact_maps["reference (one channel per pass)"]
+    diffs = {name: max(float((a - b).abs().max()) for a, b in zip(maps, ref_maps, strict=True))
+             for name, maps in exact_maps.items()}
+    reference = speed["reference (one channel per pass)"]
+    exact_s = speed["exact, batch auto"]
+
+    # 2. approximations vs exact: speed and pseudo-mask IoU
+    approx = {"exact, batch auto": exact["exact, batch auto"]}
+    for n_top, scale in ((32, 1.0), (16, 1.0), (None, 0.5), (None, 0.25), (32, 0.5),
+                         (16, 0.5)):
+        name = " + ".join(([f"top-{n_top} channels"] if n_top else [])
+                          + ([f"score at {scale:g}x"] if scale < 1 else []))
+        approx[name] = (lambda x, n=n_top, s=scale: scorecam(
+            classifier, x, batch_size="auto", max_channels=n, score_scale=s))
+    for fn in approx.values():  # measure each mode's auto batch size before timing
+        fn(speed_views[0][None])
+    print("approximate modes (s/image):", flush=True)
+    approx_speed, _ = interleaved(approx, speed_views, args.rounds)
+    rows = []
+    for name, fn in approx.items():
+        _, maps = timed(fn, views)
+        rows.append({"mode": name, "s_per_image": approx_speed[name],
+                     "speedup_vs_exact": approx_speed["exact, batch auto"] / approx_speed[name],
+                     "pseudo_mask_iou": pseudo_iou(classifier, data, maps, device)})
+    exact_iou = rows[0]["pseudo_mask_iou"]
+    for row in rows:
+        row["iou_minus_exact"] = row["pseudo_mask_iou"] - exact_iou
+
+    table = [{"mode": name, "s_per_image": s, "speedup_vs_reference": reference / s,
+              "max_abs_diff_vs_reference": diffs[name]} for name, s in speed.items()]
+    report = {
+        "command": " ".join(["python", *sys.argv]), "machine": machine(),
+        "load_average_at_start": load_at_start, "args": vars(args),
+        "k_channels": k, "dead_channels_per_view": dead, "n_speed_views": len(speed_views),
+        "n_iou_views": len(views), "auto_batch_size": auto_batch,
+        "auto_first_call_seconds": auto_seconds, "exact_modes": table,
+        "exact_speedup_vs_reference": reference / exact_s,
+        "exact_max_abs_diff": diffs["exact, batch auto"],
+        "approximate_modes": rows,
+    }
+    print_tables(report)
+    Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.json).write_text(json.dumps(report, indent=2))
+    ok = report["exact_max_abs_diff"] < 1e-4
+    print(f"exact fast == reference within 1e-4: {ok}; speed-up {reference / exact_s:.2f}x "
+          "(target >= 1.5x)")
+    return 0 if ok else 1
+
+
+def print_tables(report: dict) -> None:
+    """The two tables as markdown."""
+    print("\n| exact mode | s/image | speed-up vs reference | max abs diff |")
+    print("|---|---|---|---|")
+    for row in report["exact_modes"]:
+        print(f"| {row['mode']} | {row['s_per_image']:.3f} | {row['speedup_vs_reference']:.2f}x "
+              f"| {row['max_abs_diff_vs_reference']:.1e} |")
+    print("\n| mode | s/image | speed-up vs exact | pseudo-mask IoU | IoU - exact |")
+    print("|---|---|---|---|---|")
+    for row in report["approximate_modes"]:
+        print(f"| {row['mode']} | {row['s_per_image']:.3f} | {row['speedup_vs_exact']:.1f}x | "
+              f"{row['pseudo_mask_iou']:.3f} | {row['iou_minus_exact']:+.3f} |")
+
+
+if __name__ == "__main__":
+    from napari_artseg.errors import ArtSegError
+
+    try:
+        sys.exit(main())
+    except ArtSegError as exc:
+        sys.exit(f"error: {exc}")
