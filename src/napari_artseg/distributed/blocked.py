@@ -61,8 +61,8 @@ def _taps(n_in: int, n_out: int, lo: int, hi: int):
 
 
 def resample_matrix(kind: str, n_in: int, n_out: int, lo: int, hi: int, first: int,
-                    stop: int, strict: bool = True) -> np.ndarray:
-    """Weights (hi - lo, stop - first) of outputs ``lo:hi`` on inputs ``first:stop``.
+                    stop: int, strict: bool = True):
+    """Sparse weights (hi - lo, stop - first) of outputs ``lo:hi`` on inputs ``first:stop``.
 
     Parameters
     ----------
@@ -77,26 +77,37 @@ def resample_matrix(kind: str, n_in: int, n_out: int, lo: int, hi: int, first: i
     strict : bool
         Raise when an output needs an input outside the range (else those weights are dropped,
         for partial sums).
+
+    Returns
+    -------
+    scipy.sparse.csr_matrix
+        float64 weights; each row has the few non-zeros of one output.
     """
-    matrix = np.zeros((hi - lo, stop - first), dtype=np.float64)
-    rows = np.arange(hi - lo)
+    from scipy.sparse import csr_matrix
+
     if kind == "area":
         start, end = _first_and_end(kind, n_in, n_out, lo, hi)
-        if strict and (start.min(initial=first) < first or end.max(initial=stop) > stop):
-            raise ValueError("resize block lacks part of its input windows")
-        for k, (s, e) in enumerate(zip(start, end, strict=True)):
-            a, b = max(s, first), min(e, stop)
-            if b > a:
-                matrix[k, a - first:b - first] = 1.0 / (e - s)
-        return matrix
-    i0, i1, weight = _taps(n_in, n_out, lo, hi)
-    keep = (1 - weight.astype(np.float32)).astype(np.float64)  # 1 - lambda in float32, as PyTorch
-    for taps, share in ((i0, keep), (i1, weight)):
-        inside = (taps >= first) & (taps < stop)
-        if strict and not inside.all():
-            raise ValueError("resize block lacks part of its bilinear taps")
-        np.add.at(matrix, (rows[inside], taps[inside] - first), share[inside])
-    return matrix
+        lengths = end - start
+        rows = np.repeat(np.arange(hi - lo), lengths)
+        within = np.arange(lengths.sum()) - np.repeat(np.cumsum(lengths) - lengths, lengths)
+        columns = np.repeat(start, lengths) + within
+        weights = np.repeat(1.0 / lengths, lengths)
+    else:
+        i0, i1, weight = _taps(n_in, n_out, lo, hi)
+        keep = (1 - weight.astype(np.float32)).astype(np.float64)  # 1 - lambda in float32
+        rows = np.tile(np.arange(hi - lo), 2)
+        columns = np.concatenate([i0, i1])
+        weights = np.concatenate([keep, weight])
+    inside = (columns >= first) & (columns < stop)
+    if strict and not inside.all():
+        raise ValueError("resize block lacks part of its input")
+    return csr_matrix((weights[inside], (rows[inside], columns[inside] - first)),
+                      shape=(hi - lo, stop - first))
+
+
+def _apply(rows, data: np.ndarray, cols) -> np.ndarray:
+    """``rows @ data @ cols.T`` with sparse weight matrices, in float64."""
+    return np.asarray((cols @ np.asarray(rows @ data.astype(np.float64)).T).T)
 
 
 def resize_kind(in_shape: tuple[int, int], out_shape: tuple[int, int]) -> str:
@@ -203,7 +214,7 @@ def resize_blocked(source, out_shape: tuple[int, int],
                                dst_bounds[0][i + 1], top, top + data.shape[0])
         cols = resample_matrix(kind, in_shape[1], out_shape[1], dst_bounds[1][j],
                                dst_bounds[1][j + 1], left, left + data.shape[1])
-        return (rows @ data.astype(np.float64) @ cols.T).astype(np.float32)
+        return _apply(rows, data, cols).astype(np.float32)
 
     return da.map_overlap(block, source, depth=depth, boundary="none", trim=False,
                           chunks=_chunks(dst_bounds), dtype=np.float32,
@@ -306,7 +317,7 @@ def pooled_sums(image, size: int):
         (a, b), (c, d) = bounds[0][i:i + 2], bounds[1][j:j + 2]
         rows = resample_matrix(kind, shape[0], size, 0, size, a, b, strict=False)
         cols = resample_matrix(kind, shape[1], size, 0, size, c, d, strict=False)
-        return (rows @ data.astype(np.float64) @ cols.T)[None, None]
+        return _apply(rows, data, cols)[None, None]
 
     n_rows, n_cols = len(image.chunks[0]), len(image.chunks[1])
     parts = da.map_blocks(part, image, dtype=np.float64, new_axis=[2, 3],
