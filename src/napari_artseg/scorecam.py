@@ -41,17 +41,22 @@ Definitions shared by both functions
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from napari_artseg.device import autocast
 from napari_artseg.models.resnet import ResNetClassifier
+
+if TYPE_CHECKING:
+    from napari_artseg.scorecam_tuning import MaskedPasses
 
 WEIGHTINGS: tuple[str, ...] = ("probability", "softmax", "baseline")
 """Accepted values of the ``weighting`` argument."""
 
-_EPS = 1e-12
+EPS = 1e-12
+"""Range below which a map counts as constant."""
 
 
 def upsample_to(maps: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
@@ -91,7 +96,7 @@ def normalise_maps(maps: torch.Tensor) -> torch.Tensor:
     """
     low = maps.amin(dim=(-2, -1), keepdim=True)
     span = maps.amax(dim=(-2, -1), keepdim=True) - low
-    valid = span >= _EPS
+    valid = span >= EPS
     scaled = (maps - low) / torch.where(valid, span, torch.ones_like(span))
     return torch.where(valid, scaled, torch.zeros_like(scaled))
 
@@ -109,7 +114,7 @@ def constant_channels(acts: torch.Tensor) -> torch.Tensor:
     torch.Tensor
         Boolean, shape (K,).
     """
-    return (acts.amax(dim=(-2, -1)) - acts.amin(dim=(-2, -1))) < _EPS
+    return (acts.amax(dim=(-2, -1)) - acts.amin(dim=(-2, -1))) < EPS
 
 
 def _weights(logits: torch.Tensor, weighting: str, zero_logit: torch.Tensor | None) -> torch.Tensor:
@@ -166,62 +171,7 @@ def _select_channels(acts: torch.Tensor, max_channels: int | None) -> torch.Tens
     return torch.topk(variance, max_channels).indices.sort().values
 
 
-def _masks_in_place(acts: torch.Tensor, constant: torch.Tensor,
-                    size: tuple[int, int]) -> torch.Tensor:
-    """Upsampled, normalised maps (B, H, W) of ``acts`` (B, h, w); one (B, H, W) allocation.
-
-    Same arithmetic as :func:`normalise_maps`; constant channels give all-zero maps.
-    """
-    maps = upsample_to(acts, size)
-    low = maps.amin(dim=(-2, -1), keepdim=True)
-    span = maps.amax(dim=(-2, -1), keepdim=True) - low
-    valid = (span >= _EPS) & ~constant[:, None, None]
-    return maps.sub_(low).div_(torch.where(valid, span, torch.ones_like(span))).mul_(valid)
-
-
-class _MaskedPasses:
-    """Scores masked inputs in chunks through one reused (batch, C, h, w) buffer."""
-
-    def __init__(self, network: nn.Module, channels: int, size: tuple[int, int], batch: int,
-                 like: torch.Tensor, amp: bool, channels_last: bool) -> None:
-        self.network = network
-        self.size = size
-        self.amp = amp
-        self.device = like.device
-        memory_format = torch.channels_last if channels_last else torch.contiguous_format
-        self.buffer = torch.empty((batch, channels, *size), dtype=like.dtype,
-                                  device=like.device, memory_format=memory_format)
-        self._zero: torch.Tensor | None = None
-
-    def _forward(self, batch: torch.Tensor) -> torch.Tensor:
-        with autocast(self.device, self.amp):
-            return self.network(batch).double().reshape(-1)
-
-    def zero_logit(self) -> torch.Tensor:
-        """The logit of an all-zero (= image mean) input at the scoring size, computed once."""
-        if self._zero is None:
-            zeros = self.buffer[:1].zero_()
-            self._zero = self._forward(zeros).reshape(())
-        return self._zero
-
-    def logits(self, image: torch.Tensor, acts: torch.Tensor, constant: torch.Tensor,
-               rows: torch.Tensor) -> torch.Tensor:
-        """float64 logits of ``image`` (C, H, W) masked by the maps ``acts[rows]``."""
-        small = image
-        if tuple(image.shape[-2:]) != self.size:
-            small = F.interpolate(image[None], size=self.size, mode="area")[0]
-        out = torch.empty(rows.numel(), dtype=torch.float64, device=image.device)
-        chunk = self.buffer.shape[0]
-        for start in range(0, rows.numel(), chunk):
-            part = rows[start : start + chunk]
-            masked = self.buffer[: part.numel()]
-            torch.mul(small[None], _masks_in_place(acts[part], constant[part], self.size)[:, None],
-                      out=masked)
-            out[start : start + part.numel()] = self._forward(masked)
-        return out
-
-
-def _scorecam_one(model: nn.Module, image: torch.Tensor, passes: _MaskedPasses,
+def _scorecam_one(model: nn.Module, image: torch.Tensor, passes: MaskedPasses,
                   weighting: str, skip_dead: bool, max_channels: int | None) -> torch.Tensor:
     """Fast Score-CAM of one image (C, H, W) -> (H, W) float32."""
     size = (image.shape[-2], image.shape[-1])
@@ -318,6 +268,7 @@ def scorecam(
         ``score_scale``, or ``images`` that are not 4-D.
     """
     from .scorecam_tuning import (
+        MaskedPasses,
         choose_batch_size,
         cuda_batch_limit,
         model_signature,
@@ -340,7 +291,7 @@ def scorecam(
             else:
                 batch = min(int(batch_size), k,
                             cuda_batch_limit(network, sample, images.device, amp))
-            passes = _MaskedPasses(network, channels, size, max(1, batch), images, amp,
+            passes = MaskedPasses(network, channels, size, max(1, batch), images, amp,
                                    channels_last)
             maps = [_scorecam_one(model, images[i], passes, weighting, skip_dead, max_channels)
                     for i in range(n)]
