@@ -436,9 +436,21 @@ class RetrainJob(TrainingJob):
 
     def _pipeline(self) -> Generator[ProgressEvent, None, RetrainReport]:
         """The MDL retrain generator (see :func:`retrain`)."""
+        if self.in_subprocess:  # the child opens the project from its folder
+            return self._run(retrain_project_folder, self.project.folder, self.config, self.out,
+                             self.from_scratch)
         return retrain(self.project, self.config, self.out, self.from_scratch)
 
     def _finish(self, result: RetrainReport) -> Path:
         """Keep the report; the model folder is its ``model``."""
         self.report = result
         return result.model
+
+
+def retrain_project_folder(
+    folder: str | os.PathLike, config: ArtSegConfig, out: Path, from_scratch: bool = False
+) -> Generator[ProgressEvent, None, RetrainReport]:
+    """:func:`retrain` of the project in ``folder`` (opened here: for a child process)."""
+    from .project import Project
+
+    return (yield from retrain(Project.open(folder), config, out, from_scratch))

@@ -90,6 +90,12 @@ class TrainingJob:
         saved as PNG and CSV in the model folder when the run ends, however it ends.
     device : str or None
         The device in use (known after the first event).
+    in_subprocess : bool
+        Run the core generator in a child process (:mod:`napari_artseg.subprocess_jobs`),
+        so a Python-heavy training loop never competes with napari's GUI thread for
+        the interpreter lock; the napari widget sets it. Off by default.
+    threads : int or None
+        torch threads of the child process (None: torch's default).
     """
 
     def __init__(self, image_folder: str | os.PathLike, labels: dict[str, str],
@@ -106,6 +112,8 @@ class TrainingJob:
         self.cancelled = False
         self._events: Generator[ProgressEvent, None, Path] | None = None
         self._curves_written = False
+        self.in_subprocess = False
+        self.threads: int | None = None
 
     @classmethod
     def for_project(cls, project: Any, config: ArtSegConfig) -> TrainingJob:
@@ -130,8 +138,16 @@ class TrainingJob:
 
     def _pipeline(self) -> Generator[ProgressEvent, None, Any]:
         """The core generator this job runs."""
-        return train_pipeline(self.image_folder, self.labels, self.out, self.config,
-                              masks_dir=self.masks_dir)
+        return self._run(train_pipeline, self.image_folder, self.labels, self.out, self.config,
+                         masks_dir=self.masks_dir)
+
+    def _run(self, factory: Any, *args: Any, **kwargs: Any) -> Generator[ProgressEvent, None, Any]:
+        """``factory(*args, **kwargs)`` here, or in a child process with :attr:`in_subprocess`."""
+        if self.in_subprocess:
+            from .subprocess_jobs import run_in_subprocess
+
+            return run_in_subprocess(factory, *args, threads=self.threads, **kwargs)
+        return factory(*args, **kwargs)
 
     def _finish(self, result: Any) -> Path:
         """The model folder, from what the core generator returned."""

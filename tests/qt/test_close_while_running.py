@@ -45,9 +45,9 @@ def test_closing_napari_during_batch_prediction_stops_the_worker(artseg_with_mod
     widget.setCurrentWidget(predict)
     labels_before = widget.project.labels_path.read_bytes()
     qtbot.mouseClick(predict.predict_all_button, Qt.MouseButton.LeftButton)
-    qtbot.waitUntil(lambda: predict.worker is not None, timeout=RUN_TIMEOUT_MS)
+    qtbot.waitUntil(lambda: predict.worker is not None and predict.worker.is_running,
+                    timeout=RUN_TIMEOUT_MS)
     worker = predict.worker
-    assert worker.is_running
 
     viewer.close()
     qtbot.waitUntil(lambda: not worker.is_running, timeout=RUN_TIMEOUT_MS)

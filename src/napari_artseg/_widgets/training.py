@@ -60,6 +60,9 @@ class TrainingWidget(QWidget):
         self.worker: Any = None
         self.last_model: Path | None = None
         self._torch_threads = 0
+        #: Train in a child process (see napari_artseg.subprocess_jobs); tests that patch the
+        #: pipeline in this process switch it off.
+        self.in_subprocess = True
         self._curves = CurveRecorder()
         #: imports the optimiser needs, done now so that they never stall a run
         self.warm_up_thread = threading.Thread(target=warm_up, name="artseg-warm-up", daemon=True)
@@ -206,7 +209,12 @@ class TrainingWidget(QWidget):
         self.worker.finished.connect(self._on_finished)
         # closes the pipeline in the worker thread, right where it stopped
         self.worker.aborted.connect(job.cancel, Qt.ConnectionType.DirectConnection)
-        self._leave_a_core()
+        if self.in_subprocess:
+            import torch
+
+            job.in_subprocess, job.threads = True, max(1, torch.get_num_threads() - 1)
+        else:
+            self._leave_a_core()
         self._set_running(True)
         self.show_message(f"Training into {job.out.name} …")
         self.worker.start()
@@ -240,6 +248,7 @@ class TrainingWidget(QWidget):
 
         (On the 2-core development VM this halved the 99th-percentile stall of the
         event loop and made CPU training faster, not slower.) Restored when the run ends.
+        A run in a child process gets the same thread count there instead.
         """
         import torch
 
