@@ -31,12 +31,24 @@ def gaussian_kernel(window: int, sigma: float) -> torch.Tensor:
 
 
 def _blur(x: torch.Tensor, kernel: torch.Tensor) -> torch.Tensor:
-    """Separable Gaussian average of (N, 1, H, W) with reflect (or replicate) padding."""
+    """Separable Gaussian average of (N, C, H, W) with reflect (or replicate) padding.
+
+    Written as a weighted sum of shifted views rather than a convolution: CPU
+    convolutions with one-channel kernels unfold the input (11x its memory for an
+    11-tap window, 1.5 GB for the SSIM statistics of a 2048 px image).
+    """
     r = kernel.numel() // 2
-    mode = "reflect" if min(x.shape[-2:]) > r else "replicate"
+    h, w = x.shape[-2:]
+    mode = "reflect" if min(h, w) > r else "replicate"
     x = F.pad(x, (r, r, r, r), mode=mode)
-    x = F.conv2d(x, kernel.view(1, 1, 1, -1))
-    return F.conv2d(x, kernel.view(1, 1, -1, 1))
+    weights = kernel.tolist()
+    rows = x[..., :h, :] * weights[0]
+    for k in range(1, len(weights)):
+        rows.add_(x[..., k : k + h, :], alpha=weights[k])
+    out = rows[..., :w] * weights[0]
+    for k in range(1, len(weights)):
+        out.add_(rows[..., k : k + w], alpha=weights[k])
+    return out
 
 
 def ssim_map(
@@ -69,8 +81,7 @@ def ssim_map(
     kernel = gaussian_kernel(window, sigma).to(device=x.device, dtype=x.dtype)
     c1 = (0.01 * data_range) ** 2
     c2 = (0.03 * data_range) ** 2
-    stats = _blur(torch.cat([x, y, x * x, y * y, x * y], dim=1).flatten(0, 1)[:, None], kernel)
-    stats = stats.view(x.shape[0], 5, *x.shape[2:])
+    stats = _blur(torch.cat([x, y, x * x, y * y, x * y], dim=1), kernel)
     mu_x, mu_y = stats[:, 0], stats[:, 1]
     var_x = (stats[:, 2] - mu_x * mu_x).clamp_min(0.0)
     var_y = (stats[:, 3] - mu_y * mu_y).clamp_min(0.0)
