@@ -23,7 +23,7 @@ import torch
 from ..config import ArtSegConfig
 from ..models import ResNetClassifier
 from ..normalize import resize
-from ..scorecam import scorecam
+from ..saliency import config_scorecam
 from .data import TrainingItem, global_view
 from .ddp import gather_dict, split
 from .events import ProgressEvent
@@ -50,10 +50,7 @@ def saliency_maps(
     mine = split(indices)
     for done, index in enumerate(mine, start=1):
         view = global_view(items[index].image, config.input_size)[None].to(device)
-        cam = scorecam(
-            classifier, view, batch_size=config.scorecam_batch_size,
-            weighting=config.scorecam_weighting, max_channels=config.scorecam_max_channels,
-        )
+        cam = config_scorecam(classifier, view, config)
         maps[index] = cam[0].float().cpu()
         yield ProgressEvent("pseudo_labels", done, len(mine), message=items[index].key)
     gathered = gather_dict(maps)
