@@ -28,8 +28,8 @@ class ConvAutoencoder(nn.Module):
     convolutions and ends in a linear 3x3 convolution (inputs are z-scored, so
     there is no output squashing). Leaky ReLU (slope 0.2) as in the paper, Kaiming
     initialisation (PyTorch's default one left the SSIM-trained network stuck at a
-    constant output for hundreds of steps). For
-    ``patch = 128``, ``width = 32``, ``latent = 100`` this is the paper's network.
+    constant output for hundreds of steps). ``patch = 128``, ``width = 32``,
+    ``latent = 100`` follows the paper's network (see docs/anomaly-detectors.md).
 
     Parameters
     ----------
