@@ -20,9 +20,10 @@ block-by-block (Zarr) path against the in-memory path, measured in one run.
    store on the one-worker cluster. The largest map difference between them is
    reported.
 3. **Peak memory.** A larger image (``tiny`` preset, so the network is not what
-   fills memory) is predicted by ``artseg predict`` in a child process from a TIFF
-   (in memory) and from a Zarr store (block by block); each child reports its peak
-   resident set size (``VmHWM``; Linux only).
+   fills memory; below ``LARGE_IMAGE_PIXELS`` so the TIFF takes the in-memory path)
+   is predicted by ``artseg predict`` in a child process from a TIFF (in memory) and
+   from a Zarr store (block by block); each child reports its peak resident set
+   size (``VmHWM``; Linux only).
 
 Models have random weights and a gate of 0 (every image runs the U-Net): the
 overheads do not depend on what the weights learnt. Results go to
@@ -192,7 +193,11 @@ def main() -> None:
     import tifffile
     import torch
 
+    from napari_artseg.large_images import LARGE_IMAGE_PIXELS
+
     n, size, side, memory_side = (40, 96, 2048, 4096) if args.quick else (200, 96, 4096, 7000)
+    # the TIFF must take the in-memory path: stay below the streamed path's threshold
+    memory_side = min(memory_side, int(LARGE_IMAGE_PIXELS**0.5) // 64 * 64)
     torch.set_num_threads(1)  # as each worker: on a loaded machine extra threads only contend
     load_before = os.getloadavg()
     with tempfile.TemporaryDirectory() as tmp:

@@ -121,3 +121,50 @@ def test_cli_predicts_zarr_inputs_and_resumes(tiny_model, big_image, tmp_path, c
     assert main(args) == 0
     out, _ = capsys.readouterr()
     assert "0 image(s) predicted, 2 already done" in out
+
+
+@pytest.mark.filterwarnings("ignore:Port .* is already in use")
+def test_large_tiff_under_dask_is_predicted_in_blocks(tiny_model, big_image, tmp_path, capsys,
+                                                      monkeypatch):
+    """A TIFF above LARGE_IMAGE_PIXELS is sent back by its task and spread over blocks."""
+    import logging
+
+    from distributed import Client, LocalCluster
+
+    from napari_artseg import large_images
+
+    monkeypatch.setattr(large_images, "LARGE_IMAGE_PIXELS", 10_000)  # seen by thread workers
+    (tmp_path / "in").mkdir()
+    tifffile.imwrite(tmp_path / "in" / "large.tif", big_image[:240, :200], tile=(64, 64))
+    tifffile.imwrite(tmp_path / "in" / "small.tif", big_image[:60, :50])
+    common = ["predict", "--model", str(tiny_model), "--quiet", "--no-gate", "--threshold",
+              str(CUT), "--min-size", "0"]
+    with LocalCluster(n_workers=1, threads_per_worker=1, processes=False,
+                      dashboard_address=None, silence_logs=logging.ERROR) as cluster, \
+            Client(cluster) as client:
+        assert main([*common, "--out", str(tmp_path / "dask"), "--dask", "--scheduler",
+                     client.scheduler.address, str(tmp_path / "in")]) == 0
+    monkeypatch.setattr(large_images, "LARGE_IMAGE_PIXELS", 10**9)
+    assert main([*common, "--out", str(tmp_path / "memory"), str(tmp_path / "in")]) == 0
+    capsys.readouterr()
+    assert sorted(p.name for p in (tmp_path / "dask").iterdir() if p.suffix != ".csv") == [
+        "large_mask.tif", "large_prob.tif", "small_mask.tif", "small_prob.tif"]
+    for key in ("large", "small"):
+        blocked = tifffile.imread(tmp_path / "dask" / f"{key}_prob.tif")
+        expected = tifffile.imread(tmp_path / "memory" / f"{key}_prob.tif")
+        assert np.abs(blocked - expected).max() <= 1e-5
+
+
+def test_unreadable_zarr_store_is_a_failure_row(tiny_model, big_image, tmp_path, capsys):
+    write_zarr(tmp_path / "in" / "good.zarr", big_image[:80, :90])
+    broken = tmp_path / "in" / "broken.zarr"
+    broken.mkdir()
+    (broken / "zarr.json").write_text("{not json")
+    status = main(["predict", "--model", str(tiny_model), "--out", str(tmp_path / "out"),
+                   "--quiet", str(tmp_path / "in")])
+    _out, err = capsys.readouterr()
+    assert status == 3 and "Traceback" not in err
+    with (tmp_path / "out" / "summary.csv").open(newline="") as handle:
+        rows = {r["image"]: r for r in csv.DictReader(handle)}
+    assert rows["good"]["status"] == "ok"
+    assert rows["broken"]["status"] == "failed" and "broken.zarr" in rows["broken"]["error"]

@@ -19,6 +19,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import uuid
 from collections.abc import Iterator
 from functools import partial
 from pathlib import Path
@@ -133,9 +134,10 @@ def predict_on_cluster(client, model, images: list, out: Path, options,
 
     ref = ModelRef(str(Path(model.folder).resolve()), model.model_id, device)
     out = out.resolve()
+    run = uuid.uuid4().hex[:8]  # task keys unique to this run (several runs may share a cluster)
     single = [item for item in images if not item.is_zarr]
     futures = {client.submit(predict_task, ref, item, out, options, table.get(item.key),
-                             pure=False, key=f"artseg-predict-{index}-{item.key}"): item
+                             pure=False, key=f"artseg-predict-{run}-{index}"): item
                for index, item in enumerate(single)}
     large = [item for item in images if item.is_zarr]
     try:

@@ -46,6 +46,17 @@ def is_distributed() -> bool:
     return world()[1] > 1
 
 
+def is_rank_zero() -> bool:
+    """True on rank 0 and outside a process group (the process that writes files)."""
+    return world()[0] == 0
+
+
+def barrier() -> None:
+    """Wait for every rank (a no-op outside a process group)."""
+    if is_distributed():
+        dist.barrier()
+
+
 def rank_share(order: Sequence[int]) -> list[int]:
     """This rank's part of an epoch's order (a ``DistributedSampler``, no shuffling).
 

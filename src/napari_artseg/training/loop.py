@@ -102,12 +102,6 @@ def train_step(
         return loss
 
 
-def _is_rank_zero() -> bool:
-    from .ddp import world
-
-    return world()[0] == 0
-
-
 def fit(
     stage: str,
     model: torch.nn.Module,
@@ -163,7 +157,7 @@ def fit(
     gives this rank's share of the epoch. Rank 0 validates and broadcasts the
     metrics, so every rank takes the same scheduler and early-stopping steps.
     """
-    from .ddp import broadcast, wrap
+    from .ddp import broadcast, is_rank_zero, wrap
 
     trained = wrap(model, device)  # DistributedDataParallel inside a process group
     optimizer = torch.optim.Adam(model.parameters(), lr=learning_rate or config.learning_rate)
@@ -184,7 +178,7 @@ def fit(
             yield ProgressEvent(stage, step, total, loss=losses[-1],
                                 message=f"epoch {epoch}/{epochs}")
         model.eval()
-        metrics = broadcast(validate(model) if _is_rank_zero() else None)  # same steps on all
+        metrics = broadcast(validate(model) if is_rank_zero() else None)  # same steps on all
         val_loss = float(metrics["val_loss"])
         scheduler.step(val_loss)
         row = {"epoch": epoch, "train_loss": sum(losses) / max(1, len(losses)),
