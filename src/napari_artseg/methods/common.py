@@ -15,6 +15,7 @@ from ..errors import ArtSegError
 from ..model_files import read_model_document, save_model
 from ..predictor import ArtSegModel
 from ..training.data import TrainingItem
+from ..training.ddp import barrier, is_rank_zero
 from ..training.events import ProgressEvent
 from ..training.thresholds import choose_gate_threshold, choose_mask_settings, f1_score
 
@@ -77,9 +78,11 @@ class MethodRun:
 
     def save(self, status: str = "complete") -> Path:
         """Write the model folder (``complete`` marks the run finished)."""
-        save_model(self.out, self.config, self.networks, self.metadata, self.tables,
-                   status=status, rasters=self.rasters, members=self.members)
+        if is_rank_zero():  # under torchrun only rank 0 writes
+            save_model(self.out, self.config, self.networks, self.metadata, self.tables,
+                       status=status, rasters=self.rasters, members=self.members)
         if status == "complete":
+            barrier()  # the other ranks wait until the folder exists
             self.finished = True
         return self.out
 

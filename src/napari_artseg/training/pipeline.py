@@ -43,6 +43,7 @@ from ..training.segmenter import (
     unet_probability,
 )
 from ..training.thresholds import choose_gate_threshold, choose_mask_settings
+from .ddp import barrier, is_rank_zero
 from .events import ProgressEvent
 
 
@@ -254,12 +255,15 @@ def train_scorecam_unet(
                             **report})
         tables["manifest"] = _manifest(items, val_idx, cuts)
         yield ProgressEvent("save", kind="stage", message=f"saving {out}")
-        save_model(out, config, networks, metadata, tables, status="complete", rasters=rasters)
+        if is_rank_zero():  # under torchrun only rank 0 writes; the others wait for it
+            save_model(out, config, networks, metadata, tables, status="complete",
+                       rasters=rasters)
+        barrier()
         finished = True
         yield ProgressEvent("save", 1, 1, kind="stage", message=f"saved {out}")
         return out
     finally:
-        if not finished and "classifier" in networks:
+        if not finished and "classifier" in networks and is_rank_zero():
             tables["manifest"] = _manifest(items, val_idx, cuts)
             save_model(out, config, networks, metadata, tables, status="partial", rasters=rasters)
         release_memory(device)

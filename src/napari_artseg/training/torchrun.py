@@ -35,28 +35,6 @@ def init_from_environment(cpu: bool = False) -> torch.device:
     return torch.device("cpu")
 
 
-def _skip_saving_off_rank_zero() -> None:
-    """Ranks other than 0 do not write model folders (rank 0 writes the only one).
-
-    The training pipeline calls ``save_model`` on every rank; here the other ranks'
-    references to it are replaced by a no-op.
-    """
-    import importlib
-
-    from .. import model_files
-
-    original = model_files.save_model
-
-    def skipped(out, *args, **kwargs):
-        return out
-
-    for name in ("napari_artseg.training.pipeline", "napari_artseg.methods.common"):
-        importlib.import_module(name)  # the modules that save, loaded before patching
-    for name, module in list(sys.modules.items()):
-        if name.startswith("napari_artseg") and getattr(module, "save_model", None) is original:
-            module.save_model = skipped
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     """``torchrun ... -m napari_artseg.training.torchrun`` with the options of ``artseg train``."""
     from pathlib import Path
@@ -82,8 +60,6 @@ def main(argv: Sequence[str] | None = None) -> int:
             from ..atomic import remove_stale_temporaries
 
             remove_stale_temporaries(out.parent)
-        else:
-            _skip_saving_off_rank_zero()
         dist.barrier()
         labels = train_cmd.existing_labels(Path(args.images), Path(args.labels))
         generator = train_pipeline(Path(args.images), labels, out, config,
