@@ -55,7 +55,7 @@ def test_events_and_return_value_come_back_in_order():
 
 
 def test_the_childs_exception_is_raised_here():
-    with pytest.raises(ArtSegError, match="images/a.tif: not a readable TIFF"):
+    with pytest.raises(ArtSegError, match=r"images/a\.tif: not a readable TIFF"):
         drive(run_in_subprocess(fails_with, "artseg"))
     with pytest.raises(SubprocessJobError, match="Local: a local class cannot be pickled"):
         drive(run_in_subprocess(fails_with, "unpicklable"))
