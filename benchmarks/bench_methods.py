@@ -46,6 +46,9 @@ def settings(quick: bool, seed: int) -> dict:
     """Config changes for every method (fewer epochs for --quick)."""
     epochs = 8 if quick else 30
     anomaly = {name: {"epochs": epochs} for name in ("ae_ssim", "padim", "patchsvdd")}
+    if quick:  # PaDiM's encoder and PatchSVDD: 8 x 25 steps (AE-SSIM keeps 8 x 100)
+        for name in ("padim", "patchsvdd"):
+            anomaly[name]["steps_per_epoch"] = 25
     return {"seed": seed, "classifier_epochs": epochs, "unet_epochs": epochs,
             "anomaly_params": anomaly, "device": "cpu"}
 
