@@ -48,10 +48,11 @@ def drive(generator):
 
 
 def test_events_and_return_value_come_back_in_order():
+    before = set(multiprocessing.active_children())
     events, value = drive(run_in_subprocess(count_to, 5))
     assert [e.step for e in events] == [1, 2, 3, 4, 5] and value == 50
     assert {e.metrics["pid"] for e in events} != {os.getpid()}  # it really ran elsewhere
-    assert not multiprocessing.active_children()
+    assert set(multiprocessing.active_children()) <= before
 
 
 def test_the_childs_exception_is_raised_here():
@@ -68,9 +69,10 @@ def test_a_child_that_dies_gives_a_clear_error():
 
 def test_closing_stops_the_child_after_its_clean_up(tmp_path):
     marker = tmp_path / "marker.txt"
+    before = set(multiprocessing.active_children())
     generator = run_in_subprocess(count_to, 10_000, str(marker), 0.01)
     assert next(generator).step == 1
     next(generator)
     generator.close()
     assert marker.read_text(encoding="utf-8") == "cleaned up"
-    assert not multiprocessing.active_children()
+    assert set(multiprocessing.active_children()) <= before
