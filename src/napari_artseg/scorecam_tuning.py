@@ -180,13 +180,16 @@ def cuda_batch_limit(network: nn.Module, sample_shape: tuple[int, ...], device: 
 def choose_batch_size(network: nn.Module, sample_shape: tuple[int, ...], passes: int,
                       device: torch.device, amp: bool = False, channels_last: bool = False,
                       candidates: Sequence[int] = CANDIDATES,
-                      measure: Measure | None = None, signature: tuple | None = None) -> int:
+                      measure: Measure | None = None, signature: tuple | None = None,
+                      rounds: int = 2) -> int:
     """The fastest batch size for ``passes`` masked inputs of ``sample_shape``, measured once.
 
     Each candidate (capped at ``passes`` and, on CUDA, at :func:`cuda_batch_limit`)
-    is timed with :func:`time_batch_size` on ``network``; the one with the fewest
-    seconds per input wins (the smaller on a tie). The choice is cached per
-    (device, network, input shape, passes, amp, channels_last) for the process.
+    is timed with :func:`time_batch_size` on ``network`` in ``rounds`` interleaved
+    rounds (on a shared machine the load changes between measurements); the
+    fewest seconds per input over the rounds wins (the smaller batch on a tie).
+    The choice is cached per (device, network, input shape, passes, amp,
+    channels_last) for the process.
 
     Parameters
     ----------
@@ -206,6 +209,8 @@ def choose_batch_size(network: nn.Module, sample_shape: tuple[int, ...], passes:
         ``measure(batch) -> seconds per input``; default times ``network``.
     signature : tuple, optional
         Cache key of the network (default: its class and parameter shapes).
+    rounds : int
+        Measurements of each candidate; the fastest counts.
 
     Returns
     -------
@@ -222,8 +227,11 @@ def choose_batch_size(network: nn.Module, sample_shape: tuple[int, ...], passes:
         if measure is None:
             def measure(batch: int) -> float:
                 return time_batch_size(network, tuple(sample_shape), batch, device, amp,
-                                       channels_last)
-        seconds = {size: measure(size) for size in sizes}
+                                       channels_last, min_samples=16)
+        seconds = {size: float("inf") for size in sizes}
+        for _ in range(max(1, rounds)):
+            for size in sizes:
+                seconds[size] = min(seconds[size], measure(size))
         _CHOSEN[key] = min(sizes, key=lambda size: (seconds[size], size))
     return _CHOSEN[key]
 
