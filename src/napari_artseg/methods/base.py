@@ -11,6 +11,7 @@ any image size and an image-level gate score.
 
 from __future__ import annotations
 
+import abc
 import os
 from collections.abc import Generator
 from pathlib import Path
@@ -48,7 +49,7 @@ def count_masked(labels: dict[str, str], masks_dir: str | os.PathLike | None) ->
                and mask_path_for(Path(masks_dir), key).is_file())
 
 
-class Method:
+class Method(abc.ABC):
     """One artifact-segmentation method (subclasses fill in the class attributes).
 
     Attributes
@@ -116,6 +117,7 @@ class Method:
             raise ArtSegError(f"{self.name} cannot fine-tune a model ({init}); train it from "
                               "scratch")
 
+    @abc.abstractmethod
     def train(
         self,
         images_dir: str | os.PathLike,
@@ -130,7 +132,6 @@ class Method:
         Parameters are those of :func:`~napari_artseg.training.train_pipeline`.
         Closing the generator between yields cancels the run.
         """
-        raise NotImplementedError
 
     def load(self, folder: Path, document: dict[str, Any], device: torch.device) -> ArtSegModel:
         """The loaded model of a folder whose ``config.json`` is ``document``.

@@ -8,6 +8,7 @@ of tensors (:meth:`AnomalyDetector.state_tensors`), ready for safetensors.
 
 from __future__ import annotations
 
+import abc
 import math
 from collections.abc import Mapping
 from typing import Any, ClassVar
@@ -85,7 +86,7 @@ def check_image(image: torch.Tensor, min_size: int = 32, what: str = "image") ->
         raise DetectorParamsError(f"{what} contains NaN or infinite values")
 
 
-class AnomalyDetector:
+class AnomalyDetector(abc.ABC):
     """Base class: parameter merging, device, seed, fitted flag and strict state loading.
 
     Subclasses set ``NAME``, ``DEFAULTS`` and ``SPECS`` and implement ``fit``,
@@ -144,7 +145,8 @@ class AnomalyDetector:
 
     @classmethod
     def _check_combination(cls, params: dict) -> None:
-        """Checks that involve several parameters (subclasses override)."""
+        """Checks that involve several parameters (subclasses override; none here)."""
+        return
 
     def _require_fitted(self) -> None:
         if not self.fitted:
@@ -197,16 +199,19 @@ class AnomalyDetector:
         self._load(dict(tensors))
         self.fitted = True
 
+    @abc.abstractmethod
     def _tensors(self) -> dict[str, torch.Tensor]:
-        raise NotImplementedError
+        """Every learned tensor, by name."""
 
+    @abc.abstractmethod
     def _expected_shapes(
         self, tensors: Mapping[str, torch.Tensor]
     ) -> dict[str, tuple[tuple[int, ...], torch.dtype]]:
-        raise NotImplementedError
+        """Name -> (shape, dtype) every state tensor must have."""
 
+    @abc.abstractmethod
     def _load(self, tensors: dict[str, torch.Tensor]) -> None:
-        raise NotImplementedError
+        """Take the (checked) state tensors."""
 
 
 def module_shapes(prefix: str, module: torch.nn.Module) -> dict:
