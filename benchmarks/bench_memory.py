@@ -141,6 +141,7 @@ def main() -> int:
         shutil.rmtree(work, ignore_errors=True)
     report = {"command": " ".join(["python", *sys.argv]), "machine": machine(),
               "load_average_at_start": load_at_start,
+              "threads": args.threads,
               "image": f"{args.size} x {args.size} uint16 TIFF", "preset": "paper",
               "target_mb": 3 * 1024, "rows": rows}
     print("\n| run | peak RSS (MB) | seconds |")

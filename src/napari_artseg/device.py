@@ -78,9 +78,9 @@ def inference_copy(module: nn.Module, channels_last: bool = True) -> nn.Module:
     Batch norms in ``nn.Sequential`` containers are folded into the convolutions
     before them (:func:`fold_sequential_batch_norms`) and, when
     ``channels_last``, 4-D weights are stored ``channels_last`` so convolutions
-    run in that memory format (the output of the paper U-Net on a 1024 px tile
-    came 1.5x faster on a 2-core CPU). Outputs match the original up to float
-    rounding.
+    run in that memory format (a 1024 px tile of the paper U-Net ran 1.5x faster
+    on a 2-core CPU; ``benchmarks/bench_predict.py``). Outputs match the original
+    up to float rounding.
 
     Parameters
     ----------

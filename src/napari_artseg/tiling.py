@@ -24,7 +24,8 @@ __all__ = ["TileGrid", "blend_window", "divide_by_weight_sum", "pad_bottom_right
 #: Smallest window weight, at the outer edge of a tile (never 0, so every pixel has weight).
 WINDOW_FLOOR = 1e-3
 #: On the CPU a forward pass gets at most this many tile pixels (one 1024 px tile): batching
-#: large tiles gains no speed on a CPU and each 1024 px tile of the paper U-Net costs ~1.8 GB.
+#: tiles gained no speed on a 2-core CPU (benchmarks/bench_predict.py) and each 1024 px tile
+#: of the paper U-Net costs about 1.5 GB.
 CPU_BATCH_PIXELS = 2**20
 
 ProgressCallback = Callable[[int, int], None]
