@@ -82,3 +82,5 @@ def test_scorecam_peak_memory_does_not_grow_with_k() -> None:
     # the measurement does see torch's tensors: materialising them shows the growth
     all_masks = _peak_bytes(K_LARGE, "materialise")
     assert all_masks - large > 0.8 * materialised_growth, (large / MB, all_masks / MB)
+    print(f"\npeak RSS: Score-CAM K={K_SMALL} {small / MB:.0f} MB, K={K_LARGE} {large / MB:.0f} MB;"
+          f" all K={K_LARGE} masked inputs materialised {all_masks / MB:.0f} MB")
