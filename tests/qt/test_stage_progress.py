@@ -22,3 +22,24 @@ def test_a_new_stage_gets_its_bar_and_finishes_it(make_napari_viewer, qtbot):
     assert progress.bars["my_new_stage"].value() == BAR_STEPS
     progress.reset()
     assert all(bar.value() == 0 for bar in progress.bars.values())
+
+
+def test_complete_run_fills_every_stage_it_ran_and_a_stop_marks_one(make_napari_viewer, qtbot):
+    make_napari_viewer()
+    progress = StageProgress()
+    qtbot.addWidget(progress)
+    for _round in (1, 2):  # self-training: the same two stages run twice
+        progress.on_event(ProgressEvent("self_training", 1, 4))
+        progress.on_event(ProgressEvent("unet_finetune", 2, 8))
+    assert progress.visited == ["self_training", "unet_finetune"]
+    progress.finish(complete=True)
+    assert progress.bars["self_training"].value() == BAR_STEPS
+    assert progress.bars["unet_finetune"].value() == BAR_STEPS
+    assert progress.bars["classifier"].value() == 0  # never ran: stays empty
+    assert progress.eta_labels["unet_finetune"].text() == "done"
+
+    progress.reset()
+    progress.on_event(ProgressEvent("classifier", 1, 4))
+    progress.finish(complete=False)
+    assert progress.bars["classifier"].value() == BAR_STEPS // 4
+    assert progress.eta_labels["classifier"].text() == "stopped"

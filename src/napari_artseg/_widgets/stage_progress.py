@@ -83,6 +83,7 @@ class StageProgress(QWidget):
         self._napari_bars: dict[str, Any] = {}
         self._clocks: dict[str, StageClock] = {}
         self.current: str | None = None
+        self.visited: list[str] = []
         self.events_seen = 0
         self._napari_updated = 0.0
 
@@ -91,6 +92,7 @@ class StageProgress(QWidget):
         title = STAGES.get(stage) or OTHER_TITLES.get(stage) or stage.replace("_", " ").capitalize()
         bar = QProgressBar()
         bar.setRange(0, BAR_STEPS)
+        bar.setValue(0)  # 0 %, not Qt's blank 'not started' (-1)
         bar.setFormat("%p%")
         eta = QLabel("")
         eta.setMinimumWidth(70)
@@ -108,6 +110,7 @@ class StageProgress(QWidget):
             self.eta_labels[stage].setText("")
         self._clocks.clear()
         self.current = None
+        self.visited = []
         self.events_seen = 0
 
     def on_event(self, event: ProgressEvent) -> None:
@@ -136,6 +139,8 @@ class StageProgress(QWidget):
             self.eta_labels[self.current].setText("done")
             self._close_napari_bar(self.current)
         self.current = stage
+        if stage not in self.visited:
+            self.visited.append(stage)
         if stage not in self.bars and stage not in NO_BAR:
             self._add_bar(stage)
         if stage in self.bars:
@@ -145,10 +150,17 @@ class StageProgress(QWidget):
             self._napari_bars[stage] = progress(total=0, desc=f"ArtSeg: {self.titles[stage]}")
 
     def finish(self, complete: bool) -> None:
-        """End of the run: fill the last bar when it completed; close the napari bars."""
-        if complete and self.current in self.bars:
-            self.bars[self.current].setValue(BAR_STEPS)
-            self.eta_labels[self.current].setText("done")
+        """End of the run: close the napari bars.
+
+        A complete run fills the bar of every stage it ran (a stage that ran
+        again, like a self-training round, ends full too); a stopped run marks
+        the stage it stopped in.
+        """
+        if complete:
+            for stage in self.visited:
+                if stage in self.bars:
+                    self.bars[stage].setValue(BAR_STEPS)
+                    self.eta_labels[stage].setText("done")
         elif self.current in self.bars:
             self.eta_labels[self.current].setText("stopped")
         self.close_napari_bars()
