@@ -2,6 +2,8 @@
 
 Adam, ReduceLROnPlateau on the validation loss, early stopping, best weights kept;
 DistributedDataParallel when a process group is initialised (see :mod:`.ddp`).
+Batches are prepared one thread ahead of training, pinned when training on CUDA
+(:mod:`.prefetch`).
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from ..config import ArtSegConfig
 from ..device import autocast, release_memory
 from ..errors import ArtSegError
 from .events import ProgressEvent
+from .prefetch import PREFETCH_BATCHES, pin_batch, pin_memory_for, prefetch
 
 Batch = tuple[torch.Tensor, ...]
 
@@ -113,6 +116,7 @@ def fit(
     loss_fn: Callable[[torch.Tensor, Batch], torch.Tensor],
     validate: Callable[[torch.nn.Module], dict[str, float]],
     learning_rate: float | None = None,
+    prefetch_batches: int | None = None,
 ) -> Generator[ProgressEvent, None, FitResult]:
     """Train ``model`` in place for up to ``epochs`` epochs, keeping the best weights.
 
@@ -139,6 +143,10 @@ def fit(
         ``validate(model)`` returns a dict with ``val_loss`` and other metrics.
     learning_rate : float, optional
         Overrides ``config.learning_rate`` (fine-tuning uses a smaller one).
+    prefetch_batches : int, optional
+        Batches prepared ahead in a background thread (default
+        :data:`~napari_artseg.training.prefetch.PREFETCH_BATCHES`; 0: none). The
+        batches are the same either way; closing this generator stops the thread.
 
     Yields
     ------
@@ -168,15 +176,19 @@ def fit(
     best_state = copy.deepcopy(model.state_dict())
     stale = 0
     total = epochs * n_batches
+    depth = PREFETCH_BATCHES if prefetch_batches is None else prefetch_batches
+    pin = pin_batch if pin_memory_for(device) else None
     for epoch in range(1, epochs + 1):
         model.train()
         losses = []
-        for index, batch in enumerate(batches(epoch)):
-            batch = tuple(t.to(device, non_blocking=True) for t in batch)
-            losses.append(train_step(trained, optimizer, batch, loss_fn, device, config.amp))
-            step = (epoch - 1) * n_batches + index + 1
-            yield ProgressEvent(stage, step, total, loss=losses[-1],
-                                message=f"epoch {epoch}/{epochs}")
+        with contextlib.closing(prefetch(batches(epoch), depth, pin,
+                                         name=f"artseg-{stage}-batches")) as stream:
+            for index, batch in enumerate(stream):
+                batch = tuple(t.to(device, non_blocking=True) for t in batch)
+                losses.append(train_step(trained, optimizer, batch, loss_fn, device, config.amp))
+                step = (epoch - 1) * n_batches + index + 1
+                yield ProgressEvent(stage, step, total, loss=losses[-1],
+                                    message=f"epoch {epoch}/{epochs}")
         model.eval()
         metrics = broadcast(validate(model) if is_rank_zero() else None)  # same steps on all
         val_loss = float(metrics["val_loss"])
