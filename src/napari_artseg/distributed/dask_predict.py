@@ -1,6 +1,6 @@
 """``artseg predict --dask``: batch prediction on a ``dask.distributed`` cluster.
 
-One task per image runs :func:`napari_artseg.cli.predict_cmd.process_item`, the
+One task per image runs :func:`napari_artseg.cli.predict_image.process_item`, the
 same per-image step as the serial command: resume check, prediction, output
 TIFFs, summary row or failure row. A task ships a :class:`ModelRef`, the image
 path, the output folder, the settings and the image's previous summary row (a
@@ -75,12 +75,13 @@ def dask_session(address: str | None, workers: int | None) -> Iterator[Any]:
 
 def predict_task(ref: ModelRef, item, out: Path, options, previous: dict[str, str] | None
                  ) -> tuple[str, dict[str, Any] | None, bool]:
-    """The worker side of one image: :func:`~napari_artseg.cli.predict_cmd.process_item`.
+    """The worker side of one image: :func:`~napari_artseg.cli.predict_image.process_item`.
 
     Returns ``(key, None, False)`` for an image too large for one task (the
     client then predicts it block by block).
     """
-    from ..cli.predict_cmd import is_done, process_item
+    from ..cli.predict_image import process_item
+    from ..cli.predict_resume import is_done
     from ..large_images import LARGE_IMAGE_PIXELS, read_header
 
     model = cached_model(ref)
@@ -129,8 +130,8 @@ def predict_on_cluster(client, model, images: list, out: Path, options,
     """
     from distributed import as_completed
 
-    from ..cli.predict_cmd import predict_blocked as blocked
-    from ..cli.predict_cmd import process_item
+    from ..cli.predict_image import process_item
+    from ..cli.predict_large import predict_blocked as blocked
 
     ref = ModelRef(str(Path(model.folder).resolve()), model.model_id, device)
     out = out.resolve()
