@@ -58,6 +58,76 @@ def test_two_process_gloo_training_completes_and_its_model_predicts(tiny_dataset
     assert 0 <= prediction.probability.min() <= prediction.probability.max() <= 1
 
 
+
+def small_project(tmp_path, n=8, size=64):
+    """A project of ``n`` synthetic ``size`` px images (half artifacts), all labelled."""
+    from napari_artseg.project import Project
+    from napari_artseg.synth import write_dataset
+
+    for _ in write_dataset(tmp_path / "data", n=n, size=size, artifact_fraction=0.5, seed=11):
+        pass
+    project = Project.create(tmp_path / "data" / "images", tmp_path / "project")
+    shutil.copy(tmp_path / "data" / "labels.csv", project.labels_path)
+    return project
+
+
+@pytest.mark.slow
+def test_two_process_gloo_training_of_a_project_makes_its_model_current(tmp_path):
+    from napari_artseg.image_files import read_image
+    from napari_artseg.project import Project
+
+    project = small_project(tmp_path)
+    result = torchrun("-m", "napari_artseg.training.torchrun", "--project", str(project.folder),
+                      "--preset", "tiny", "--epochs", "1", "--device", "cpu")
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stdout.count("is now the project's current model") == 1  # rank 0 alone
+    models = [p for p in project.models_dir.iterdir() if p.is_dir()]
+    assert len(models) == 1 and models[0].name.endswith("-scorecam_unet")
+    assert Project.open(project.folder).current_model == models[0].name
+    model = ArtSegModel.load(models[0], device="cpu")
+    image = read_image(sorted(project.image_folder.glob("*.tif"))[0]).data
+    prediction = model.predict(image, gate=False)
+    assert prediction.probability.shape == image.shape == (64, 64)
+    assert np.isfinite(prediction.probability).all()
+    assert 0 <= prediction.probability.min() <= prediction.probability.max() <= 1
+
+
+def test_project_inputs_resolve_like_artseg_train(tmp_path):
+    """Outside a process group: the project's folders, and the refusals, in one line each."""
+    import argparse
+
+    from napari_artseg.cli import train_cmd
+    from napari_artseg.errors import ArtSegError
+    from napari_artseg.training.torchrun import resolve_inputs
+
+    project = small_project(tmp_path, n=6, size=32)
+    parser = argparse.ArgumentParser()
+    train_cmd.add_parser(parser.add_subparsers())
+
+    def resolve(*options):
+        args = parser.parse_args(["train", "--preset", "tiny", *map(str, options)])
+        return resolve_inputs(args, train_cmd.build_config(args))
+
+    inputs = resolve("--project", project.folder)
+    assert inputs.images == project.image_folder and inputs.masks == project.masks_dir
+    assert inputs.out.parent == project.models_dir and inputs.out.name.endswith("-scorecam_unet")
+    assert sorted(inputs.labels) == sorted(p.name for p in project.image_folder.glob("*.tif"))
+    assert resolve("--project", project.folder, "--out", tmp_path / "m").out == tmp_path / "m"
+    with pytest.raises(ArtSegError, match="either --project or --images"):
+        resolve("--project", project.folder, "--images", project.image_folder)
+    with pytest.raises(ArtSegError, match="not an artseg project"):
+        resolve("--project", tmp_path / "data")
+    with pytest.raises(ArtSegError, match=r"--images, --labels and --out \(or --project\)"):
+        resolve("--images", project.image_folder)
+    # curated masks: artseg train --project retrains with a held-out comparison (one process)
+    artifact = next(k for k, v in project.labels.labels.items() if v == "artifact")
+    shutil.copy(tmp_path / "data" / "masks" / artifact, project.masks_dir / artifact)
+    with pytest.raises(ArtSegError, match=r"has curated masks.*add --masks"):
+        resolve("--project", project.folder)
+    assert resolve("--project", project.folder, "--masks", project.masks_dir).masks == \
+        str(project.masks_dir)
+
+
 RANK_SCRIPT = r"""
 import json, sys
 import torch

@@ -1,7 +1,7 @@
 """``torchrun --nproc_per_node N -m napari_artseg.training.torchrun``: multi-GPU training.
 
 Takes the options of ``artseg train`` (``--images``, ``--labels``, ``--out``,
-``--preset``, ``--set`` ...). Initialises the process group from torchrun's
+or ``--project``; ``--preset``, ``--set`` ...). Initialises the process group from torchrun's
 environment (NCCL on GPU ``LOCAL_RANK`` when CUDA is available, gloo on the CPU)
 and runs the ordinary training pipeline on every rank; the training code splits
 the work (:mod:`napari_artseg.training.ddp`). Rank 0 alone prints progress and
@@ -14,6 +14,9 @@ import argparse
 import os
 import sys
 from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
 
 import torch
 import torch.distributed as dist
@@ -35,10 +38,77 @@ def init_from_environment(cpu: bool = False) -> torch.device:
     return torch.device("cpu")
 
 
+@dataclass(frozen=True)
+class TrainInputs:
+    """What a run trains on and where the model goes (resolved identically on every rank)."""
+
+    images: Path
+    labels: dict[str, str]
+    out: Path
+    masks: str | Path | None
+    project: Any = None  # the napari_artseg.project.Project of --project, else None
+
+
+def resolve_inputs(args: argparse.Namespace, config) -> TrainInputs:
+    """The images, labels, model folder and masks of ``args``, as ``artseg train`` reads them.
+
+    With ``--project``: the project's image folder and ``labels.csv``, its
+    ``masks/`` as curated masks, and ``--out`` or a new ``models/<UTC time>-<method>``
+    (rank 0's name, sent to every rank). A project with curated masks and no
+    ``--masks`` is refused: ``artseg train --project`` then runs the retrain
+    that compares models on held-out masks, which runs in one process.
+    Call on every rank (the model folder name is a collective).
+
+    Raises
+    ------
+    ArtSegError
+        Missing or conflicting options, a folder that does not exist, an
+        existing model folder, or labels the method cannot train on.
+    """
+    from ..cli import train_cmd
+    from ..errors import ArtSegError
+    from ..methods import get_method
+    from .ddp import broadcast
+
+    method = get_method(config.method)
+    needs_labels = method.supervision != "none"
+    project = None
+    if args.project:
+        from ..project import Project
+        from ..retrain import curated_images
+
+        if args.images or args.labels:
+            raise ArtSegError("give either --project or --images/--labels, not both")
+        project = Project.open(args.project)
+        if not args.masks and curated_images(project):
+            raise ArtSegError(f"{project.folder}: has curated masks; the retrain that compares "
+                              "models on held-out masks runs in one process (artseg train "
+                              f"--project); under torchrun add --masks {project.masks_dir} to "
+                              "train on all of them")
+        images, labels_path = project.image_folder, project.labels_path
+        name = broadcast(train_cmd.model_folder_name(config.method))
+        out = Path(args.out) if args.out else project.models_dir / name
+        masks = args.masks or (project.masks_dir if project.masks_dir.is_dir() else None)
+    elif args.images and args.labels and args.out:
+        images, labels_path, out = Path(args.images), Path(args.labels), Path(args.out)
+        masks = args.masks
+    else:
+        raise ArtSegError("give --images, --labels and --out (or --project)")
+    if not images.is_dir():
+        raise ArtSegError(f"{images}: image folder not found")
+    if masks and not Path(masks).is_dir():
+        raise ArtSegError(f"{masks}: mask folder not found")
+    labels: dict[str, str] = {}
+    if needs_labels or labels_path.is_file():
+        labels = train_cmd.existing_labels(images, labels_path)
+    if project is not None and not needs_labels:
+        labels = {key: labels.get(key, "unsure") for key in project.images()}
+    method.check_inputs(labels, masks, config)
+    return TrainInputs(images, labels, out, masks, project)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """``torchrun ... -m napari_artseg.training.torchrun`` with the options of ``artseg train``."""
-    from pathlib import Path
-
     from ..cli import train_cmd
     from ..cli.progress import run_with_progress
     from ..errors import ArtSegError
@@ -51,23 +121,25 @@ def main(argv: Sequence[str] | None = None) -> int:
     device = init_from_environment(cpu=args.device == "cpu")
     rank = world()[0]
     try:
-        if args.project or not (args.images and args.labels and args.out):
-            raise ArtSegError("give --images, --labels and --out (--project is not supported)")
         config = train_cmd.build_config(args)
         config = config.replace(device=device.type)
-        out = Path(args.out)
+        inputs = resolve_inputs(args, config)
+        if inputs.out.exists():  # on every rank, before rank 0 can start writing
+            raise ArtSegError(f"{inputs.out}: already exists; choose a new model folder")
         if rank == 0:
             from ..atomic import remove_stale_temporaries
 
-            remove_stale_temporaries(out.parent)
+            remove_stale_temporaries(inputs.out.parent)
         dist.barrier()
-        labels = train_cmd.existing_labels(Path(args.images), Path(args.labels))
-        generator = train_pipeline(Path(args.images), labels, out, config,
-                                   masks_dir=args.masks, init=args.init)
+        generator = train_pipeline(inputs.images, inputs.labels, inputs.out, config,
+                                   masks_dir=inputs.masks, init=args.init)
         folder = run_with_progress(generator, quiet=args.quiet or rank != 0)
         dist.barrier()
         if rank == 0:
             print(f"model written to {folder} by {dist.get_world_size()} processes")
+            if inputs.project is not None:
+                inputs.project.set_current_model(folder)
+                print(f"{Path(folder).name} is now the project's current model")
         return 0
     except ArtSegError as exc:
         print(f"artseg train (rank {rank}): error: {exc}", file=sys.stderr)
