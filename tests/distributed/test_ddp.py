@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import os
 import shutil
 import subprocess
 import sys
@@ -17,13 +18,19 @@ NETWORK_ERRORS = ("DistNetworkError", "RendezvousConnectionError", "Address alre
                   "Connection refused", "RendezvousTimeoutError")
 
 
-def torchrun(*args: str, timeout: int = 600) -> subprocess.CompletedProcess:
-    """``torchrun --standalone --nproc_per_node 2 ARGS``; one retry after a network error."""
+def torchrun(*args: str, timeout: int = 600,
+             env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+    """``torchrun --standalone --nproc_per_node 2 ARGS``; one retry after a network error.
+
+    ``env`` adds variables to this process's environment for the run.
+    """
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone",
                "--nproc_per_node", "2", *args]
-    result = subprocess.run(command, capture_output=True, text=True, timeout=timeout)
+    environ = {**os.environ, **(env or {})}
+    result = subprocess.run(command, capture_output=True, text=True, timeout=timeout, env=environ)
     if result.returncode != 0 and any(e in result.stderr for e in NETWORK_ERRORS):
-        result = subprocess.run(command, capture_output=True, text=True, timeout=timeout)
+        result = subprocess.run(command, capture_output=True, text=True, timeout=timeout,
+                                env=environ)
     return result
 
 
@@ -77,9 +84,12 @@ def test_two_process_gloo_training_of_a_project_makes_its_model_current(tmp_path
     from napari_artseg.project import Project
 
     project = small_project(tmp_path)
+    # SyncBatchNorm asked for: gloo on the CPU has none, so a note and per-rank statistics
     result = torchrun("-m", "napari_artseg.training.torchrun", "--project", str(project.folder),
-                      "--preset", "tiny", "--epochs", "1", "--device", "cpu")
+                      "--preset", "tiny", "--epochs", "1", "--device", "cpu",
+                      env={"ARTSEG_SYNC_BATCHNORM": "1"})
     assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stderr.count("ARTSEG_SYNC_BATCHNORM: SyncBatchNorm needs CUDA") == 1
     assert result.stdout.count("is now the project's current model") == 1  # rank 0 alone
     models = [p for p in project.models_dir.iterdir() if p.is_dir()]
     assert len(models) == 1 and models[0].name.endswith("-scorecam_unet")

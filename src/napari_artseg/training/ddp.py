@@ -23,15 +23,28 @@ initialised the training code does the rest itself:
 The backend is NCCL when CUDA is available (each rank uses GPU ``LOCAL_RANK``),
 gloo otherwise. Outside a process group every function here is a no-op and the
 training is exactly the single-process one.
+
+``ARTSEG_SYNC_BATCHNORM=1`` in the environment makes :func:`wrap` train with
+``torch.nn.SyncBatchNorm`` (batch statistics over all ranks' images) on CUDA;
+on the CPU (gloo), which has no SyncBatchNorm, it is ignored with a note. The
+saved network keeps plain BatchNorm layers (:func:`with_sync_batchnorm`).
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import copy
+import itertools
+import os
+import sys
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import torch
 import torch.distributed as dist
+
+#: Environment variable that asks for SyncBatchNorm in distributed CUDA training ("1": yes).
+SYNC_BATCHNORM_ENV = "ARTSEG_SYNC_BATCHNORM"
+_noted: set[str] = set()
 
 
 def world() -> tuple[int, int]:
@@ -115,10 +128,62 @@ def broadcast(value: Any) -> Any:
     return box[0]
 
 
-def wrap(model: torch.nn.Module, device: torch.device) -> torch.nn.Module:
-    """The module to train: ``DistributedDataParallel(model)`` in a process group, else it."""
+def sync_batchnorm_requested(environ: Mapping[str, str] | None = None) -> bool:
+    """True when :data:`SYNC_BATCHNORM_ENV` asks for SyncBatchNorm (``1``, ``true``, ``yes``)."""
+    value = (os.environ if environ is None else environ).get(SYNC_BATCHNORM_ENV, "")
+    return value.strip().lower() in ("1", "true", "yes")
+
+
+def use_sync_batchnorm(requested: bool, distributed: bool, device: torch.device) -> bool:
+    """Whether to train with SyncBatchNorm: asked for, in a process group, on CUDA.
+
+    gloo (the CPU backend) has no SyncBatchNorm, and one process has nothing to sync.
+    """
+    return requested and distributed and device.type == "cuda"
+
+
+def with_sync_batchnorm(model: torch.nn.Module) -> torch.nn.Module:
+    """``model``'s layers with every BatchNorm as a ``SyncBatchNorm`` sharing its tensors.
+
+    The copy holds the very parameter and buffer tensors of ``model`` (only the
+    module objects are new), so training the copy trains ``model``, including
+    its running statistics, while ``model`` itself keeps plain BatchNorm layers
+    and the same ``state_dict`` keys for saving. ``model`` is not changed.
+    """
+    shared = {id(t): t for t in itertools.chain(model.parameters(), model.buffers())}
+    clone = copy.deepcopy(model, memo=shared)
+    return torch.nn.SyncBatchNorm.convert_sync_batchnorm(clone)
+
+
+def _note_once(text: str) -> None:
+    """Print a note on rank 0, once per process."""
+    if text not in _noted and is_rank_zero():
+        _noted.add(text)
+        print(f"note: {text}", file=sys.stderr)
+
+
+def wrap(model: torch.nn.Module, device: torch.device,
+         sync_batchnorm: bool | None = None) -> torch.nn.Module:
+    """The module to train: ``DistributedDataParallel(model)`` in a process group, else it.
+
+    Parameters
+    ----------
+    model : torch.nn.Module
+        The network; it keeps its plain BatchNorm layers (save this one).
+    device : torch.device
+        This rank's device.
+    sync_batchnorm : bool, optional
+        Train with SyncBatchNorm (see :func:`with_sync_batchnorm`); default: the
+        :data:`SYNC_BATCHNORM_ENV` environment variable. Applies only on CUDA.
+    """
     if not is_distributed():
         return model
+    requested = sync_batchnorm_requested() if sync_batchnorm is None else sync_batchnorm
+    if use_sync_batchnorm(requested, True, device):
+        model = with_sync_batchnorm(model)
+    elif requested:
+        _note_once(f"{SYNC_BATCHNORM_ENV}: SyncBatchNorm needs CUDA (NCCL); "
+                   f"training on {device.type} with per-rank BatchNorm statistics")
     ids = [device.index if device.index is not None else torch.cuda.current_device()] \
         if device.type == "cuda" else None
     return torch.nn.parallel.DistributedDataParallel(model, device_ids=ids)
