@@ -45,6 +45,7 @@ from ..training.segmenter import (
 from ..training.thresholds import choose_gate_threshold, choose_mask_settings
 from .ddp import barrier, is_rank_zero
 from .events import ProgressEvent
+from .saliency_cache import SaliencyCache, default_cache_folder
 
 
 class TrainingCancelled(Exception):
@@ -89,6 +90,27 @@ def _rasters(items: list[TrainingItem], maps: dict[int, torch.Tensor]) -> dict[s
         if item.target is not None and not item.curated:
             out[f"pseudo_labels/{stem}.tif"] = (item.target[0].numpy() >= 0.5).astype(np.uint8)
     return out
+
+
+def _saliency_cache(out: Path, classifier, config: ArtSegConfig, images_dir,
+                    device: torch.device) -> SaliencyCache | None:
+    """The on-disk cache of this run's Score-CAM maps (None where no cache folder is known)."""
+    folder = default_cache_folder(out)
+    if folder is None:
+        return None
+    return SaliencyCache(folder, classifier, config, images_dir, device)
+
+
+def _cache_report(cache: SaliencyCache | None) -> dict[str, Any]:
+    """How many maps came from the cache (and why it could not be written); prunes old keys."""
+    if cache is None:
+        return {}
+    if is_rank_zero():
+        cache.prune()
+    report: dict[str, Any] = {"saliency_cached": cache.hits}
+    if cache.write_error:
+        report["saliency_cache_error"] = cache.write_error
+    return report
 
 
 def _choose_thresholds(classifier, unet, items, val_idx, config, device, pseudo):
@@ -209,9 +231,10 @@ def train_scorecam_unet(
         need = [i for i, item in enumerate(items) if item.label == 1 and not item.curated]
         yield ProgressEvent("pseudo_labels", 0, len(need), kind="stage",
                             message="Score-CAM pseudo-labels")
-        maps = yield from saliency_maps(classifier, items, need, config, device)
+        cache = _saliency_cache(out, classifier, config, images_dir, device) if need else None
+        maps = yield from saliency_maps(classifier, items, need, config, device, cache)
         pseudo = config.pseudo_label_threshold
-        pseudo_report: dict[str, float] = {}
+        pseudo_report: dict[str, Any] = {}
         if pseudo is None:
             pseudo, pseudo_report = choose_pseudo_threshold(classifier, items, maps, val_idx,
                                                             config, device)
@@ -222,6 +245,7 @@ def train_scorecam_unet(
             own = yield from per_image_thresholds(classifier, items, maps, config, device)
             pseudo_report["n_own_threshold"] = sum(v is not None for v in own.values())
         pseudo_report.update(assign_targets(items, maps, pseudo, own))
+        pseudo_report.update(_cache_report(cache))
         cuts = {i: (own or {}).get(i) or pseudo for i in maps}
         rasters = _rasters(items, maps)
         yield ProgressEvent("unet", kind="stage", message="training the U-Net",

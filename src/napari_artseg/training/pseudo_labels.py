@@ -27,6 +27,7 @@ from ..saliency import config_scorecam
 from .data import TrainingItem, global_view
 from .ddp import gather_dict, split
 from .events import ProgressEvent
+from .saliency_cache import SaliencyCache
 
 #: Candidate pseudo-label thresholds for the deletion test, largest first.
 DELETION_CANDIDATES = (0.9, 0.8, 0.7, 0.6, 0.5, 0.4, 0.3, 0.25, 0.2, 0.15, 0.1, 0.05, 0.02)
@@ -39,20 +40,30 @@ def saliency_maps(
     indices: list[int],
     config: ArtSegConfig,
     device: torch.device,
+    cache: SaliencyCache | None = None,
 ) -> Generator[ProgressEvent, None, dict[int, torch.Tensor]]:
     """Score-CAM maps of the chosen items at the classifier's view size (S, S).
 
     Yields one progress event per image; returns ``{index: map}`` on the CPU.
     In a process group each rank computes a share of the maps and all ranks
-    return all of them (:mod:`.ddp`).
+    return all of them (:mod:`.ddp`). With a ``cache`` (made for this
+    classifier and config) a map found there is used as it is and a computed
+    one is stored.
     """
     maps: dict[int, torch.Tensor] = {}
     mine = split(indices)
     for done, index in enumerate(mine, start=1):
-        view = global_view(items[index].image, config.input_size)[None].to(device)
-        cam = config_scorecam(classifier, view, config)
-        maps[index] = cam[0].float().cpu()
-        yield ProgressEvent("pseudo_labels", done, len(mine), message=items[index].key)
+        key = items[index].key
+        found = cache.load(key) if cache is not None else None
+        hit = found is not None
+        if not hit:
+            view = global_view(items[index].image, config.input_size)[None].to(device)
+            found = config_scorecam(classifier, view, config)[0].float().cpu()
+            if cache is not None:
+                cache.store(key, found)
+        maps[index] = found
+        yield ProgressEvent("pseudo_labels", done, len(mine),
+                            message=f"{key} (cached)" if hit else key)
     gathered = gather_dict(maps)
     return {index: gathered[index] for index in indices}
 
