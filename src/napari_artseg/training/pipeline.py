@@ -4,7 +4,8 @@
 :mod:`napari_artseg.methods`); this module holds the ScoreCAM-U-Net run,
 :func:`train_scorecam_unet`. Its stages: read data, train the classifier,
 Score-CAM pseudo-labels, train the U-Net, choose thresholds on the validation
-split, save the model folder.
+split, save the model folder. Score-CAM maps are cached on disk when the model folder
+is in a project (:mod:`.saliency_cache`), so a run with the same classifier reuses them.
 Closing the generator (cancel) between yields saves what was trained so far as a
 ``partial`` model when the classifier had finished, and never touches any other
 model folder.
