@@ -42,10 +42,15 @@ COLUMNS = ["cls_f1", "pixel_precision", "pixel_recall", "pixel_f1", "pixel_iou",
 PR_THRESHOLDS = np.concatenate([np.geomspace(1e-4, 0.05, 20), np.linspace(0.06, 0.99, 60)])
 
 
-def settings(quick: bool, seed: int) -> dict:
-    """Config changes for every method (fewer epochs for --quick)."""
-    epochs = 8 if quick else 30
-    anomaly = {name: {"epochs": epochs} for name in ("ae_ssim", "padim", "patchsvdd")}
+def settings(quick: bool, seed: int, epochs: int | None = None) -> dict:
+    """Config changes for every method (fewer epochs for --quick).
+
+    ``epochs`` overrides the classifier's and the U-Net's epochs (the anomaly
+    detectors keep theirs: their epochs are fixed numbers of steps).
+    """
+    anomaly_epochs = 8 if quick else 30
+    epochs = epochs or anomaly_epochs
+    anomaly = {name: {"epochs": anomaly_epochs} for name in ("ae_ssim", "padim", "patchsvdd")}
     if quick:  # PaDiM's encoder and PatchSVDD: 8 x 25 steps (AE-SSIM keeps 8 x 100)
         for name in ("padim", "patchsvdd"):
             anomaly[name]["steps_per_epoch"] = 25
@@ -54,12 +59,12 @@ def settings(quick: bool, seed: int) -> dict:
 
 
 def train_all(train: Path, models: Path, methods: list[str], quick: bool,
-              seed: int) -> dict[str, tuple[Path, float]]:
+              seed: int, epochs: int | None = None) -> dict[str, tuple[Path, float]]:
     """Train each method once; the ensemble reuses the trained scorecam_unet and ae_ssim."""
     done: dict[str, tuple[Path, float]] = {}
     for method in methods:
         out = models / method
-        changes = settings(quick, seed)
+        changes = settings(quick, seed, epochs)
         if method == "ensemble":
             members = [m for m in ("scorecam_unet", "ae_ssim") if m in done]
             if len(members) < 2:
@@ -98,7 +103,14 @@ def evaluate(folder: Path, test) -> tuple[dict[str, float], dict[str, list[float
 
 
 def average_precision(precision: np.ndarray, recall: np.ndarray) -> float:
-    """Area under the precision-recall points (recall ascending, step interpolation)."""
+    """Area under the precision-recall points (recall ascending, step interpolation).
+
+    Thresholds where nothing is predicted (precision undefined, NaN) are left out.
+    """
+    keep = np.isfinite(precision) & np.isfinite(recall)
+    precision, recall = precision[keep], recall[keep]
+    if precision.size == 0:
+        return float("nan")
     order = np.argsort(recall)
     r = np.concatenate([[0.0], recall[order]])
     p = np.concatenate([[precision[order][0]], precision[order]])
@@ -153,16 +165,19 @@ def main() -> None:
     parser.add_argument("--methods", nargs="*", default=list(METHODS),
                         help="methods to run (default all)")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--epochs", type=int, default=None,
+                        help="classifier and U-Net epochs (default 8 with --quick, else 30)")
     args = parser.parse_args()
     torch.manual_seed(args.seed)
     n_train, n_test, size = (40, 20, 256) if args.quick else (120, 60, 256)
-    tag = "_quick" if args.quick else ""
-    work = args.work / f"n{n_train}-s{size}-seed{args.seed}"
+    tag = ("_quick" if args.quick else "") + (f"_e{args.epochs}" if args.epochs else "")
+    epochs_tag = f"-e{args.epochs}" if args.epochs else ""
+    work = args.work / f"n{n_train}-s{size}-seed{args.seed}{epochs_tag}"
     train = make_set(work / "train", n_train, size, seed=1)
     test_folder = make_set(work / "test", n_test, size, seed=2)
     test = load_test(test_folder)
 
-    trained = train_all(train, work / "models", args.methods, args.quick, args.seed)
+    trained = train_all(train, work / "models", args.methods, args.quick, args.seed, args.epochs)
     rows: dict[str, dict[str, float]] = {}
     curves: dict[str, dict[str, list[float]]] = {}
     for method, (folder, seconds) in trained.items():
@@ -177,11 +192,13 @@ def main() -> None:
 
     table = markdown(rows)
     print(table)
-    command = "python benchmarks/bench_methods.py" + (" --quick" if args.quick else "")
+    command = ("python benchmarks/bench_methods.py" + (" --quick" if args.quick else "")
+               + (f" --epochs {args.epochs}" if args.epochs else ""))
     figure = HERE / "figures" / f"methods_pr{tag}.png"
     plot(curves, figure, f"{n_train} train / {n_test} test synthetic images, {size} px")
     result = {"command": command, "n_train": n_train, "n_test": n_test, "size": size,
-              "seed": args.seed, "torch_threads": torch.get_num_threads(), "rows": rows,
+              "seed": args.seed, "epochs": args.epochs,
+              "torch_threads": torch.get_num_threads(), "rows": rows,
               "curves": curves, "table": table}
     out = HERE / "results" / f"methods{tag}.json"
     out.parent.mkdir(parents=True, exist_ok=True)

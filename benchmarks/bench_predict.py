@@ -13,10 +13,11 @@ useful FLOP rate as a fraction of this machine's dense fp32 matmul rate
 at the processing scale once (U-Net per-pixel cost x pixels, plus the
 classifier's view); *executed* FLOPs also count tile overlap and padding.
 
-Two variants: ``as shipped`` (the loaded model as the predictor runs it) and
-``inference copy`` (the U-Net replaced by :func:`napari_artseg.device.inference_copy`:
-batch norms folded, ``channels_last``). A tile sweep shows the per-tile time of
-batch sizes and of both variants.
+Two variants: ``plain`` (the loaded networks as saved,
+``ArtSegModel.use_inference_copy = False``) and ``inference copy`` (what the
+predictor runs by default: :func:`napari_artseg.device.inference_copy` of the
+U-Net and the classifier, batch norms folded, ``channels_last``). A tile sweep
+shows the per-tile time of batch sizes and of both variants.
 
 Usage::
 
@@ -141,14 +142,14 @@ def run_row(model_dir: Path, variant: str, items: list[InputImage], out: Path,
             device: str) -> dict:
     """Predict ``items`` with one model variant; time, FLOPs and useful FLOPs."""
     model = ArtSegModel.load(model_dir, device=device)
-    if variant == "inference copy":
-        model.unet = inference_copy(model.unet)
+    model.use_inference_copy = variant == "inference copy"
     config = model.config
     tile = config.input_size
     per_pixel = network_flops(model.unet, tile) / tile**2
     view = network_flops(model.classifier, tile)
     args = argparse.Namespace(threshold=None, min_size=None, no_gate=True)
-    counter = ConvFlops().attach(model.unet, model.classifier)
+    networks = (model.inference_unet, model.inference_classifier)
+    counter = ConvFlops().attach(*(n for n in networks if n is not None))
     out.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
     rows = [predict_one(model, item, out, args) for item in items]
@@ -162,7 +163,7 @@ def run_row(model_dir: Path, variant: str, items: list[InputImage], out: Path,
 
 
 def tile_sweep(device: torch.device, rounds: int, quick: bool) -> list[dict]:
-    """Seconds per tile of each preset's U-Net: batch sizes x (as shipped, inference copy).
+    """Seconds per tile of each preset's U-Net: batch sizes x (plain, inference copy).
 
     Each batch size is warmed up once per variant, then timed ``rounds`` times
     (interleaved); ``quick`` times the slow paper tiles once without a warm-up.
@@ -173,7 +174,7 @@ def tile_sweep(device: torch.device, rounds: int, quick: bool) -> list[dict]:
         config = preset(name)
         torch.manual_seed(0)
         unet = build_unet(config).eval().to(device)
-        variants = {"as shipped": unet, "inference copy": inference_copy(unet)}
+        variants = {"plain": unet, "inference copy": inference_copy(unet)}
         tile = config.input_size
         flops = network_flops(unet, tile)
         best: dict[tuple[str, int], float] = {}
@@ -221,9 +222,9 @@ def main() -> int:
             model_dir = make_model(work, name)
             for size, n in counts.items():
                 items = write_inputs(work, size, n)
-                variants = ["as shipped", "inference copy"]
+                variants = ["plain", "inference copy"]
                 if args.quick and name == "paper" and size == 4096:
-                    variants = ["inference copy"]  # as shipped: see the tile sweep
+                    variants = ["inference copy"]  # plain: see the tile sweep
                 for variant in variants:
                     result = run_row(model_dir, variant, items, work / "out", device.type)
                     row = {"preset": name, "size": size, "variant": variant, **result,

@@ -66,9 +66,8 @@ def test_training_run_in_worker(artseg, qtbot):
     qtbot.keyClick(canvas, Qt.Key.Key_K)  # ... and label it again
     qtbot.waitUntil(lambda: read_labels_csv(widget.project.labels_path).labels.get(image)
                     == "artifact")
-    qtbot.wait(100)
+    qtbot.waitUntil(lambda: ticks.count >= 5)  # a 10 ms timer keeps ticking meanwhile
     assert training.running and training.progress.current in STAGES
-    assert ticks.count >= 5
 
     with qtbot.waitSignal(training.model_trained, timeout=RUN_TIMEOUT_MS) as signal:
         pass
