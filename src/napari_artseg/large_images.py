@@ -336,11 +336,11 @@ def tiled_probability(model, image: np.ndarray, batch_size: int = 4,
     """
     import torch
 
-    from .device import autocast, inference_copy, release_memory
+    from .device import autocast, release_memory
     from .tiling import predict_tiled, tile_batch_size
 
     tile, halo, divisor = model.config.input_size, model.config.tile_halo, model.unet.divisor
-    unet = inference_copy(model.unet)
+    unet = model.inference_unet  # made once per model, not once per image
     batch_size = tile_batch_size(batch_size, tile, model.device, max_batch_pixels)
 
     def forward(batch: torch.Tensor) -> torch.Tensor:

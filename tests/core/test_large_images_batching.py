@@ -66,14 +66,9 @@ def test_cpu_batches_hold_at_most_one_large_tile(monkeypatch):
     model = _model(input_size=1024, tile_halo=64, unet_width=2, unet_levels=1,
                    unet_convs_per_level=1)
     batches: list[int] = []
-    real_copy = device_module.inference_copy
-
-    def recording_copy(module: nn.Module, channels_last: bool = True) -> nn.Module:
-        prepared = real_copy(module, channels_last)
-        prepared.register_forward_pre_hook(lambda m, args: batches.append(args[0].shape[0]))
-        return prepared
-
-    monkeypatch.setattr(device_module, "inference_copy", recording_copy)
+    # the network the streamed path runs: the model's inference copy (made once)
+    model.inference_unet.register_forward_pre_hook(
+        lambda m, args: batches.append(args[0].shape[0]))
     image = np.random.default_rng(2).normal(size=(1100, 1100)).astype(np.float32)
     result = tiled_probability(model, image.copy(), batch_size=4)
     assert batches == [1, 1, 1, 1]  # four 1024 px tiles, one per pass on the CPU
