@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import contextlib
 import multiprocessing
+import os
 import queue as queue_module
 import sys
 import traceback
@@ -66,8 +67,11 @@ def _rebuild(module: str, name: str, text: str) -> BaseException:
 
 
 def _child_main(events: Any, cancel: Any, factory: Callable[..., Generator],
-                args: tuple, kwargs: dict, threads: int | None) -> None:
+                args: tuple, kwargs: dict, threads: int | None, nice: int = 0) -> None:
     """The child process: run the generator, send events, stop when asked."""
+    if nice > 0 and hasattr(os, "nice"):
+        with contextlib.suppress(OSError):
+            os.nice(nice)
     if threads:
         import torch
 
@@ -96,6 +100,7 @@ def run_in_subprocess(
     factory: Callable[..., Generator[ProgressEvent, None, Any]],
     *args: Any,
     threads: int | None = None,
+    nice: int = 0,
     **kwargs: Any,
 ) -> Generator[ProgressEvent, None, Any]:
     """Iterate ``factory(*args, **kwargs)`` in a child process; yield its events here.
@@ -109,6 +114,9 @@ def run_in_subprocess(
         Passed to ``factory`` in the child.
     threads : int, optional
         ``torch.set_num_threads`` in the child.
+    nice : int
+        Lower the child's CPU priority by this much (``os.nice``, POSIX; 0 leaves
+        it), so that a GUI process waiting for its events gets the CPU first.
 
     Yields
     ------
@@ -131,7 +139,7 @@ def run_in_subprocess(
     events = context.Queue()
     cancel = context.Event()
     child = context.Process(target=_child_main, name="artseg-job", daemon=True,
-                            args=(events, cancel, factory, args, kwargs, threads))
+                            args=(events, cancel, factory, args, kwargs, threads, nice))
     child.start()
     finished = False
     try:

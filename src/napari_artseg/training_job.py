@@ -20,6 +20,10 @@ from .training import train_pipeline  # imported here, not in the worker: import
 from .training.events import ProgressEvent
 from .training_curves import CurveRecorder, save_curves
 
+#: CPU priority a child-process run gives up (``os.nice``): training is background work,
+#: the napari GUI thread should win a busy core.
+CHILD_NICE = 10
+
 
 def warm_up() -> None:
     """Import what training imports lazily (``torch._dynamo``, pulled in by the optimiser).
@@ -96,6 +100,10 @@ class TrainingJob:
         the interpreter lock; the napari widget sets it. Off by default.
     threads : int or None
         torch threads of the child process (None: torch's default).
+    nice : int
+        How much lower the child process's CPU priority is than napari's
+        (:data:`CHILD_NICE`), so the GUI thread gets a core first when the
+        machine is busy.
     """
 
     def __init__(self, image_folder: str | os.PathLike, labels: dict[str, str],
@@ -114,6 +122,7 @@ class TrainingJob:
         self._curves_written = False
         self.in_subprocess = False
         self.threads: int | None = None
+        self.nice = CHILD_NICE
 
     @classmethod
     def for_project(cls, project: Any, config: ArtSegConfig) -> TrainingJob:
@@ -146,7 +155,8 @@ class TrainingJob:
         if self.in_subprocess:
             from .subprocess_jobs import run_in_subprocess
 
-            return run_in_subprocess(factory, *args, threads=self.threads, **kwargs)
+            return run_in_subprocess(factory, *args, threads=self.threads, nice=self.nice,
+                                     **kwargs)
         return factory(*args, **kwargs)
 
     def _finish(self, result: Any) -> Path:

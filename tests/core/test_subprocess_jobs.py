@@ -76,3 +76,17 @@ def test_closing_stops_the_child_after_its_clean_up(tmp_path):
     generator.close()
     assert marker.read_text(encoding="utf-8") == "cleaned up"
     assert set(multiprocessing.active_children()) <= before
+
+
+def report_niceness():
+    """One event carrying the child's CPU niceness."""
+    yield ProgressEvent("nice", 1, 1, metrics={"nice": os.nice(0)})
+
+
+@pytest.mark.skipif(not hasattr(os, "nice"), reason="os.nice is POSIX only")
+def test_the_child_runs_at_a_lower_cpu_priority():
+    here = os.nice(0)
+    events, _ = drive(run_in_subprocess(report_niceness, nice=5))
+    assert events[0].metrics["nice"] == min(19, here + 5)
+    events, _ = drive(run_in_subprocess(report_niceness))
+    assert events[0].metrics["nice"] == here  # 0: unchanged
