@@ -19,6 +19,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import time
 import uuid
 from collections.abc import Iterator
 from functools import partial
@@ -32,6 +33,12 @@ from .worker_models import ModelRef, cached_model
 MAX_DEFAULT_WORKERS = 8
 #: Seconds to wait for a scheduler given by address.
 CONNECT_TIMEOUT_S = 30
+#: Seconds without any worker on the cluster after which the images not done yet are given up
+#: (failed rows; a re-run predicts them). Workers that are restarting or queued jobs that
+#: start within this time simply continue the run.
+NO_WORKERS_TIMEOUT_S = 600.0
+#: Seconds between checks for finished tasks while none is finished.
+POLL_S = 0.2
 
 
 def default_workers() -> int:
@@ -94,11 +101,52 @@ def predict_task(ref: ModelRef, item, out: Path, options, previous: dict[str, st
 
 
 def _lost(item, model_id: str, exc: BaseException) -> dict[str, Any]:
-    """The failure row of an image whose task did not return (a worker died, ...)."""
-    text = str(exc).strip().splitlines()
-    detail = f"{type(exc).__name__}: {text[0]}" if text else type(exc).__name__
+    """The failure row of an image whose task did not return (a worker died, ...).
+
+    Dask retries a task whose worker died on other workers; when the workers
+    die every time (``KilledWorker``), the image itself is the likely cause.
+    """
+    if type(exc).__name__ == "KilledWorker":
+        error = (f"{item.path}: the worker process predicting it died, on every try "
+                 "(a crash or out of memory: see the worker logs)")
+    else:
+        text = str(exc).strip().splitlines()
+        detail = f"{type(exc).__name__}: {text[0]}" if text else type(exc).__name__
+        error = f"{item.path}: task lost on the cluster ({detail})"
+    return {"image": item.key, "model_id": model_id, "status": "failed", "error": error}
+
+
+def _abandoned(item, model_id: str, waited: float) -> dict[str, Any]:
+    """The failure row of an image not predicted because the cluster has no worker left."""
     return {"image": item.key, "model_id": model_id, "status": "failed",
-            "error": f"{item.path}: task lost on the cluster ({detail})"}
+            "error": f"{item.path}: not predicted: no Dask worker on the cluster for "
+                     f"{waited:.0f} s (workers died or were stopped); re-run to predict it"}
+
+
+def _finished(client, futures: dict) -> Iterator[tuple[Any, float]]:
+    """Futures of ``futures`` as they finish, then ``(None, seconds)`` if the workers are gone.
+
+    Stops early, yielding ``(None, seconds)`` once, when the cluster has had no
+    worker for :data:`NO_WORKERS_TIMEOUT_S` seconds while tasks were waiting.
+    """
+    from distributed import as_completed
+
+    pending = as_completed(list(futures))
+    without_workers = None
+    while not pending.is_empty():
+        batch = pending.next_batch(block=False)
+        yield from ((future, 0.0) for future in batch)
+        if batch:
+            without_workers = None
+            continue
+        if client.scheduler_info().get("workers"):
+            without_workers = None
+        elif without_workers is None:
+            without_workers = time.monotonic()
+        elif time.monotonic() - without_workers >= NO_WORKERS_TIMEOUT_S:
+            yield None, time.monotonic() - without_workers
+            return
+        time.sleep(POLL_S)
 
 
 def predict_on_cluster(client, model, images: list, out: Path, options,
@@ -127,9 +175,14 @@ def predict_on_cluster(client, model, images: list, out: Path, options,
     ------
     ArtSegError
         A worker cannot load the model (the rest of the run is cancelled).
-    """
-    from distributed import as_completed
 
+    Notes
+    -----
+    A worker that dies loses its tasks; Dask runs them again elsewhere, and a
+    task whose workers die every time becomes a failed row. When the cluster
+    has no worker at all for :data:`NO_WORKERS_TIMEOUT_S` seconds, the images
+    not done yet become failed rows and the run ends (a re-run predicts them).
+    """
     from ..cli.predict_image import process_item
     from ..cli.predict_large import predict_blocked as blocked
 
@@ -142,10 +195,14 @@ def predict_on_cluster(client, model, images: list, out: Path, options,
                for index, item in enumerate(single)}
     large = [item for item in images if item.is_zarr]
     try:
-        for future in as_completed(futures):
+        for future, waited in _finished(client, futures):
+            if future is None:  # no worker left: give up what is not done
+                for item in [*futures.values(), *large]:
+                    yield item.key, _abandoned(item, model.model_id, waited), False
+                return
             item = futures.pop(future)
-            try:
-                key, row, skipped = future.result()
+            try:  # a result lost with its worker is recomputed: wait as long as for workers
+                key, row, skipped = future.result(timeout=NO_WORKERS_TIMEOUT_S)
             except ArtSegError as exc:  # the model itself: every image would fail the same way
                 raise ArtSegError(f"on the cluster: {exc}") from None
             except Exception as exc:  # a worker died or the task was lost
