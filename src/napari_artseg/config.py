@@ -70,6 +70,7 @@ class ArtSegConfig:
     scorecam_stage: int = 4
     pseudo_label_per_image: bool = True
     self_training_rounds: int = 1
+    pseudo_label_cache: bool = True
     # Thresholds (None: chosen on the validation split after training).
     pseudo_label_threshold: float | None = None
     gate_threshold: float | None = None

@@ -151,8 +151,6 @@ def test_cache_folder_is_the_projects_or_the_named_one(tmp_path, monkeypatch):
     assert default_cache_folder(tmp_path / "elsewhere" / "m") is None
     monkeypatch.setenv(saliency_cache.CACHE_ENV, str(tmp_path / "named"))
     assert default_cache_folder(tmp_path / "elsewhere" / "m") == tmp_path / "named" / "saliency"
-    monkeypatch.setattr(saliency_cache, "PSEUDO_LABEL_CACHE", False)
-    assert default_cache_folder(project / "models" / "m") is None
 
 
 def test_retraining_the_unet_reuses_the_maps(tiny_dataset, tmp_path, counted, monkeypatch):
@@ -178,3 +176,18 @@ def test_retraining_the_unet_reuses_the_maps(tiny_dataset, tmp_path, counted, mo
         assert names == sorted(p.name for p in (second / sub).iterdir()) and names
         for name in names:
             assert (first / sub / name).read_bytes() == (second / sub / name).read_bytes()
+
+
+def test_the_config_switch_turns_the_cache_off(tiny_dataset, tmp_path, counted, monkeypatch):
+    from napari_artseg.training import train_pipeline
+
+    monkeypatch.delenv(saliency_cache.CACHE_ENV, raising=False)
+    project = tmp_path / "p"
+    (project / "models").mkdir(parents=True)
+    (project / "project.json").write_text("{}")
+    labels = read_labels_csv(tiny_dataset / "labels.csv").labels
+    config = preset("tiny", classifier_epochs=1, unet_epochs=1, self_training_rounds=0,
+                    pseudo_label_cache=False)
+    folder = run(train_pipeline(tiny_dataset / "images", labels, project / "models" / "a", config))
+    assert counted and not (project / "cache").exists()
+    assert json.loads((folder / "config.json").read_text())["config"]["pseudo_label_cache"] is False

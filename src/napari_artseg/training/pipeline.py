@@ -95,8 +95,8 @@ def _rasters(items: list[TrainingItem], maps: dict[int, torch.Tensor]) -> dict[s
 
 def _saliency_cache(out: Path, classifier, config: ArtSegConfig, images_dir,
                     device: torch.device) -> SaliencyCache | None:
-    """The on-disk cache of this run's Score-CAM maps (None where no cache folder is known)."""
-    folder = default_cache_folder(out)
+    """The on-disk cache of this run's Score-CAM maps (None: switched off, or no folder known)."""
+    folder = default_cache_folder(out) if config.pseudo_label_cache else None
     if folder is None:
         return None
     return SaliencyCache(folder, classifier, config, images_dir, device)

@@ -40,8 +40,6 @@ import torch
 from ..atomic import atomic_write, atomic_write_text, remove_stale_temporaries
 from ..config import ArtSegConfig
 
-#: Cache Score-CAM pseudo-label maps on disk when a cache folder is known.
-PSEUDO_LABEL_CACHE = True
 #: Environment variable naming a cache folder for runs outside a project.
 CACHE_ENV = "ARTSEG_CACHE_DIR"
 #: Classifier keys kept in a cache folder (the least recently used go first).
@@ -79,8 +77,6 @@ def scorecam_settings(config: ArtSegConfig) -> dict[str, Any]:
 
 def default_cache_folder(out: str | os.PathLike) -> Path | None:
     """Where a run writing the model folder ``out`` caches its maps (None: no cache)."""
-    if not PSEUDO_LABEL_CACHE:
-        return None
     named = os.environ.get(CACHE_ENV, "").strip()
     if named:
         return Path(named) / "saliency"
