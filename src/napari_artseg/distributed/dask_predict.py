@@ -39,6 +39,8 @@ CONNECT_TIMEOUT_S = 30
 NO_WORKERS_TIMEOUT_S = 600.0
 #: Seconds between checks for finished tasks while none is finished.
 POLL_S = 0.2
+#: Seconds to fetch one finished task's row before waiting for it again (its worker died).
+RESULT_TIMEOUT_S = 10.0
 
 
 def default_workers() -> int:
@@ -123,30 +125,42 @@ def _abandoned(item, model_id: str, waited: float) -> dict[str, Any]:
                      f"{waited:.0f} s (workers died or were stopped); re-run to predict it"}
 
 
-def _finished(client, futures: dict) -> Iterator[tuple[Any, float]]:
-    """Futures of ``futures`` as they finish, then ``(None, seconds)`` if the workers are gone.
+class _Finished:
+    """Futures as they finish, with a way out when the cluster has no worker left.
 
-    Stops early, yielding ``(None, seconds)`` once, when the cluster has had no
-    worker for :data:`NO_WORKERS_TIMEOUT_S` seconds while tasks were waiting.
+    Iterating gives ``(future, 0.0)`` for each finished future, and at most once
+    ``(None, seconds)`` when the cluster has had no worker for
+    :data:`NO_WORKERS_TIMEOUT_S` seconds while tasks were waiting (then stops).
+    :meth:`again` waits once more for a future whose result was lost with its
+    worker (Dask computes it again).
     """
-    from distributed import as_completed
 
-    pending = as_completed(list(futures))
-    without_workers = None
-    while not pending.is_empty():
-        batch = pending.next_batch(block=False)
-        yield from ((future, 0.0) for future in batch)
-        if batch:
-            without_workers = None
-            continue
-        if client.scheduler_info().get("workers"):
-            without_workers = None
-        elif without_workers is None:
-            without_workers = time.monotonic()
-        elif time.monotonic() - without_workers >= NO_WORKERS_TIMEOUT_S:
-            yield None, time.monotonic() - without_workers
-            return
-        time.sleep(POLL_S)
+    def __init__(self, client, futures) -> None:
+        from distributed import as_completed
+
+        self.client = client
+        self.pending = as_completed(list(futures))
+
+    def again(self, future) -> None:
+        """Wait for ``future`` again (its result went away before it could be fetched)."""
+        self.pending.add(future)
+
+    def __iter__(self) -> Iterator[tuple[Any, float]]:
+        without_workers = None
+        while not self.pending.is_empty():
+            batch = self.pending.next_batch(block=False)
+            yield from ((future, 0.0) for future in batch)
+            if batch:
+                without_workers = None
+                continue
+            if self.client.scheduler_info().get("workers"):
+                without_workers = None
+            elif without_workers is None:
+                without_workers = time.monotonic()
+            elif time.monotonic() - without_workers >= NO_WORKERS_TIMEOUT_S:
+                yield None, time.monotonic() - without_workers
+                return
+            time.sleep(POLL_S)
 
 
 def predict_on_cluster(client, model, images: list, out: Path, options,
@@ -195,19 +209,27 @@ def predict_on_cluster(client, model, images: list, out: Path, options,
                for index, item in enumerate(single)}
     large = [item for item in images if item.is_zarr]
     try:
-        for future, waited in _finished(client, futures):
+        finished = _Finished(client, futures)
+        for future, waited in finished:
             if future is None:  # no worker left: give up what is not done
                 for item in [*futures.values(), *large]:
                     yield item.key, _abandoned(item, model.model_id, waited), False
                 return
-            item = futures.pop(future)
-            try:  # a result lost with its worker is recomputed: wait as long as for workers
-                key, row, skipped = future.result(timeout=NO_WORKERS_TIMEOUT_S)
+            if future.status in ("pending", "lost"):  # its row went with its worker: recomputed
+                finished.again(future)
+                continue
+            try:
+                key, row, skipped = future.result(timeout=RESULT_TIMEOUT_S)
+            except TimeoutError:  # its worker died while sending it: wait for it again
+                finished.again(future)
+                continue
             except ArtSegError as exc:  # the model itself: every image would fail the same way
                 raise ArtSegError(f"on the cluster: {exc}") from None
-            except Exception as exc:  # a worker died or the task was lost
+            except Exception as exc:  # its workers died every time, or the task was lost
+                item = futures.pop(future)
                 yield item.key, _lost(item, model.model_id, exc), False
                 continue
+            item = futures.pop(future)
             if row is None:
                 large.append(item)
             else:
