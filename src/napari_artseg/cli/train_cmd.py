@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -149,32 +151,51 @@ def model_folder_name(method: str) -> str:
     return dt.datetime.now(dt.timezone.utc).strftime("%Y%m%dT%H%M%SZ") + f"-{method}"
 
 
-def run(args: argparse.Namespace) -> int:
-    """Train and print where the model went."""
-    from ..methods import get_method
-    from ..training import train_pipeline
+@dataclass(frozen=True)
+class TrainInputs:
+    """What a run trains on and where its model goes."""
 
-    if args.list_methods:
-        print(list_methods_text())
-        return 0
-    config = build_config(args)
+    images: Path
+    labels: dict[str, str]
+    out: Path
+    masks: str | Path | None
+    project: Any = None  #: the :class:`~napari_artseg.project.Project` of ``--project``
+    #: ``--project`` with curated masks and no ``--masks``: the MDL retrain, not a plain run
+    retrain: bool = False
+
+
+def resolve_inputs(args: argparse.Namespace, config: ArtSegConfig,
+                   folder_name: Callable[[str], str] = model_folder_name) -> TrainInputs:
+    """The images, labels, model folder and masks the options of ``artseg train`` name.
+
+    With ``--project``: the project's image folder and ``labels.csv``, its
+    ``masks/`` as curated masks, and ``--out`` or ``models/<folder_name(method)>``;
+    a project with curated masks and no ``--masks`` gives ``retrain=True`` (and
+    no labels: the retrain reads the project itself).
+
+    Raises
+    ------
+    ArtSegError
+        Missing or conflicting options, a folder that does not exist, or labels
+        the method cannot train on.
+    """
+    from ..methods import get_method
+
     method = get_method(config.method)
     needs_labels = method.supervision != "none"
     project = None
     if args.project:
         from ..project import Project
+        from ..retrain import curated_images
 
         if args.images or args.labels:
             raise ArtSegError("give either --project or --images/--labels, not both")
         project = Project.open(args.project)
         images, labels_path = project.image_folder, project.labels_path
-        out = Path(args.out) if args.out else project.models_dir / model_folder_name(config.method)
+        out = Path(args.out) if args.out else project.models_dir / folder_name(config.method)
         masks = args.masks or (project.masks_dir if project.masks_dir.is_dir() else None)
-        if not args.masks:
-            from ..retrain import curated_images
-
-            if curated_images(project):
-                return run_retrain(args, project, config, out)
+        if not args.masks and curated_images(project):
+            return TrainInputs(images, {}, out, masks, project, retrain=True)
     elif args.images and args.out and (args.labels or not needs_labels):
         images, out = Path(args.images), Path(args.out)
         labels_path = Path(args.labels) if args.labels else None
@@ -185,24 +206,40 @@ def run(args: argparse.Namespace) -> int:
         raise ArtSegError(f"{images}: image folder not found")
     if masks and not Path(masks).is_dir():
         raise ArtSegError(f"{masks}: mask folder not found")
-    from ..atomic import remove_stale_temporaries
-
-    remove_stale_temporaries(out.parent)
-    if out.exists():
-        raise ArtSegError(f"{out}: already exists; choose a new model folder")
-    labels = {}
+    labels: dict[str, str] = {}
     if labels_path is not None and (needs_labels or labels_path.is_file()):
         labels = existing_labels(images, labels_path)
     if project is not None and not needs_labels:
         labels = {key: labels.get(key, "unsure") for key in project.images()}
     method.check_inputs(labels, masks, config)
-    generator = train_pipeline(images, labels, out, config, masks_dir=masks, init=args.init)
+    return TrainInputs(images, labels, out, masks, project)
+
+
+def run(args: argparse.Namespace) -> int:
+    """Train and print where the model went."""
+    from ..training import train_pipeline
+
+    if args.list_methods:
+        print(list_methods_text())
+        return 0
+    config = build_config(args)
+    inputs = resolve_inputs(args, config)
+    if inputs.retrain:
+        return run_retrain(args, inputs.project, config, inputs.out)
+    from ..atomic import remove_stale_temporaries
+
+    out = inputs.out
+    remove_stale_temporaries(out.parent)
+    if out.exists():
+        raise ArtSegError(f"{out}: already exists; choose a new model folder")
+    generator = train_pipeline(inputs.images, inputs.labels, out, config, masks_dir=inputs.masks,
+                               init=args.init)
     folder = run_with_progress(generator, quiet=args.quiet)
     document = json.loads((folder / "config.json").read_text(encoding="utf-8"))
     print(f"{document['method']} model {document['model_id']} written to {folder}")
     print("thresholds: " + ", ".join(f"{k} {v:.4g}" for k, v in document["thresholds"].items()))
-    if project is not None:
-        project.set_current_model(folder)
+    if inputs.project is not None:
+        inputs.project.set_current_model(folder)
         print(f"{folder.name} is now the project's current model")
     return 0
 

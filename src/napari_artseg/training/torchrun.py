@@ -14,7 +14,6 @@ import argparse
 import os
 import sys
 from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -38,73 +37,33 @@ def init_from_environment(cpu: bool = False) -> torch.device:
     return torch.device("cpu")
 
 
-@dataclass(frozen=True)
-class TrainInputs:
-    """What a run trains on and where the model goes (resolved identically on every rank)."""
+def resolve_inputs(args: argparse.Namespace, config) -> Any:
+    """What ``artseg train`` would train on (:func:`~napari_artseg.cli.train_cmd.resolve_inputs`).
 
-    images: Path
-    labels: dict[str, str]
-    out: Path
-    masks: str | Path | None
-    project: Any = None  # the napari_artseg.project.Project of --project, else None
-
-
-def resolve_inputs(args: argparse.Namespace, config) -> TrainInputs:
-    """The images, labels, model folder and masks of ``args``, as ``artseg train`` reads them.
-
-    With ``--project``: the project's image folder and ``labels.csv``, its
-    ``masks/`` as curated masks, and ``--out`` or a new ``models/<UTC time>-<method>``
-    (rank 0's name, sent to every rank). A project with curated masks and no
-    ``--masks`` is refused: ``artseg train --project`` then runs the retrain
-    that compares models on held-out masks, which runs in one process.
-    Call on every rank (the model folder name is a collective).
+    A new model folder in a project is named by rank 0 and the name sent to
+    every rank. A project with curated masks and no ``--masks`` is refused:
+    ``artseg train --project`` then runs the retrain that compares models on
+    held-out masks, which runs in one process. Call on every rank (the folder
+    name is a collective).
 
     Raises
     ------
     ArtSegError
-        Missing or conflicting options, a folder that does not exist, an
-        existing model folder, or labels the method cannot train on.
+        As ``artseg train``, and for the retrain case.
     """
     from ..cli import train_cmd
     from ..errors import ArtSegError
-    from ..methods import get_method
     from .ddp import broadcast
 
-    method = get_method(config.method)
-    needs_labels = method.supervision != "none"
-    project = None
-    if args.project:
-        from ..project import Project
-        from ..retrain import curated_images
-
-        if args.images or args.labels:
-            raise ArtSegError("give either --project or --images/--labels, not both")
-        project = Project.open(args.project)
-        if not args.masks and curated_images(project):
-            raise ArtSegError(f"{project.folder}: has curated masks; the retrain that compares "
-                              "models on held-out masks runs in one process (artseg train "
-                              f"--project); under torchrun add --masks {project.masks_dir} to "
-                              "train on all of them")
-        images, labels_path = project.image_folder, project.labels_path
-        name = broadcast(train_cmd.model_folder_name(config.method))
-        out = Path(args.out) if args.out else project.models_dir / name
-        masks = args.masks or (project.masks_dir if project.masks_dir.is_dir() else None)
-    elif args.images and args.labels and args.out:
-        images, labels_path, out = Path(args.images), Path(args.labels), Path(args.out)
-        masks = args.masks
-    else:
-        raise ArtSegError("give --images, --labels and --out (or --project)")
-    if not images.is_dir():
-        raise ArtSegError(f"{images}: image folder not found")
-    if masks and not Path(masks).is_dir():
-        raise ArtSegError(f"{masks}: mask folder not found")
-    labels: dict[str, str] = {}
-    if needs_labels or labels_path.is_file():
-        labels = train_cmd.existing_labels(images, labels_path)
-    if project is not None and not needs_labels:
-        labels = {key: labels.get(key, "unsure") for key in project.images()}
-    method.check_inputs(labels, masks, config)
-    return TrainInputs(images, labels, out, masks, project)
+    inputs = train_cmd.resolve_inputs(
+        args, config, folder_name=lambda method: broadcast(train_cmd.model_folder_name(method)))
+    if inputs.retrain:
+        project = inputs.project
+        raise ArtSegError(f"{project.folder}: has curated masks; the retrain that compares "
+                          "models on held-out masks runs in one process (artseg train "
+                          f"--project); under torchrun add --masks {project.masks_dir} to "
+                          "train on all of them")
+    return inputs
 
 
 def main(argv: Sequence[str] | None = None) -> int:
