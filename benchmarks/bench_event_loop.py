@@ -138,6 +138,11 @@ def main() -> int:
               f"(during '{meter.stages[worst + 1]}'), p99 {np.percentile(stalls, 99):.1f} ms, "
               f"p95 {np.percentile(stalls, 95):.1f} ms, median {np.median(stalls):.1f} ms; "
               f"over 100 ms: {int((stalls > 100).sum())}, over 50 ms: {int((stalls > 50).sum())}")
+        ticks = np.asarray(meter.times[1:]) - start
+        longest = np.argsort(stalls)[::-1][:5]
+        print("longest stalls: " + ", ".join(
+            f"{stalls[i]:.0f} ms at {ticks[i]:.2f} s ('{meter.stages[i + 1]}')"
+            for i in longest if stalls[i] > 0))
         print(training.status_label.text())
         widget.release()
         viewer.close()

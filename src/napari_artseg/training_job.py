@@ -18,7 +18,7 @@ from .config import ArtSegConfig
 from .errors import ArtSegError
 from .training import train_pipeline  # imported here, not in the worker: imports hold the GIL
 from .training.events import ProgressEvent
-from .training_curves import CurveRecorder, save_curves
+from .training_curves import CurveRecorder, render_curves, save_curves
 
 #: CPU priority a child-process run gives up (``os.nice``): training is background work,
 #: the napari GUI thread should win a busy core.
@@ -26,13 +26,17 @@ CHILD_NICE = 10
 
 
 def warm_up() -> None:
-    """Import what training imports lazily (``torch._dynamo``, pulled in by the optimiser).
+    """Import what a run imports lazily, and draw the curve plot once.
 
-    That import takes 1-2 s of mostly GIL-holding work; done in a worker during
-    training it stalls the GUI thread. The training widget runs this in a
-    background thread as soon as it is created, long before Start is clicked.
+    ``torch._dynamo`` (pulled in by the optimiser) takes 1-2 s of mostly
+    GIL-holding work to import; matplotlib's import and its first drawing (fonts,
+    Agg) took about 0.3 s. Done for the first time during a run, either stalls
+    the GUI thread. The training widget runs this in a background thread as soon
+    as it is created, long before Start is clicked.
     """
     import torch._dynamo  # noqa: F401
+
+    render_curves([], 120, 80)
 
 
 class TrainingFailed(ArtSegError):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import hashlib
 import json
 from pathlib import Path
@@ -68,6 +69,7 @@ def test_training_run_in_worker(artseg, qtbot):
                     == "artifact")
     qtbot.waitUntil(lambda: ticks.count >= 5)  # a 10 ms timer keeps ticking meanwhile
     assert training.running and training.progress.current in STAGES
+    assert gc.get_freeze_count() > 0  # napari's objects are out of full collections' way
 
     with qtbot.waitSignal(training.model_trained, timeout=RUN_TIMEOUT_MS) as signal:
         pass
@@ -95,6 +97,7 @@ def test_training_run_in_worker(artseg, qtbot):
     assert widget.project.current_model == folder.name
     assert widget.predict.model_box.currentText() == folder.name
     assert training.start_button.isEnabled() and not training.cancel_button.isEnabled()
+    assert gc.get_freeze_count() == 0  # unfrozen when the run ended
 
 
 @pytest.mark.parametrize("in_subprocess", [True, False])

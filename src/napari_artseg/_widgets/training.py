@@ -8,6 +8,7 @@ whose generator runs in a napari worker; the widget only reacts to its signals.
 
 from __future__ import annotations
 
+import gc
 import threading
 from pathlib import Path
 from typing import Any
@@ -216,6 +217,10 @@ class TrainingWidget(QWidget):
         else:
             self._leave_a_core()
         self._set_running(True)
+        # Python's full garbage collections walk every object of napari and torch: 0.2-0.4 s
+        # each on the 2-core VM, in whichever thread triggers them, the GUI thread stalled
+        # meanwhile. Objects that exist now are left out of them until the run ends.
+        gc.freeze()
         self.show_message(f"Training into {job.out.name} …")
         self.worker.start()
         return True
@@ -308,6 +313,7 @@ class TrainingWidget(QWidget):
         job = self.job
         self.worker = None
         self._restore_threads()
+        gc.unfreeze()  # frozen at the start of the run
         if job is not None and job.cancelled:
             self.progress.finish(complete=False)
             kept = "saved as partial" if job.out.exists() else "nothing saved"
