@@ -141,7 +141,8 @@ def test_out_of_memory_halves_the_batch_then_gives_a_clear_message(tiny_model, m
     model = ArtSegModel.load(tiny_model, device="cpu")
     image = np.random.default_rng(3).normal(size=(200, 300)).astype(np.float32)
     reference = tiled_probability(model, image.copy())
-    real_forward = model.unet.forward
+    network = model.inference_unet  # what the streamed path runs (made once per model)
+    real_forward = network.forward
     sizes = []
 
     def flaky(batch):
@@ -150,7 +151,7 @@ def test_out_of_memory_halves_the_batch_then_gives_a_clear_message(tiny_model, m
             raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
         return real_forward(batch)
 
-    monkeypatch.setattr(model.unet, "forward", flaky)
+    monkeypatch.setattr(network, "forward", flaky)
     np.testing.assert_allclose(tiled_probability(model, image.copy(), batch_size=4), reference,
                                atol=1e-6)
     assert sizes[:3] == [4, 2, 1]
@@ -158,7 +159,7 @@ def test_out_of_memory_halves_the_batch_then_gives_a_clear_message(tiny_model, m
     def always(batch):
         raise torch.OutOfMemoryError("CUDA out of memory")
 
-    monkeypatch.setattr(model.unet, "forward", always)
+    monkeypatch.setattr(network, "forward", always)
     from napari_artseg.errors import ArtSegError
 
     with pytest.raises(ArtSegError, match="even with one"):

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import sys
 import time
+from concurrent.futures import Future
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from ..errors import ArtSegError
-from ..image_files import read_image, write_tiff
+from ..image_files import LoadedImage, read_image, write_tiff
 from .predict_inputs import InputImage, PredictOptions
 from .predict_large import predict_blocked, predict_large
 from .predict_resume import is_done
@@ -25,13 +26,31 @@ def _write_output(path: Path, array: np.ndarray, pixel_size_um: float | None) ->
         raise ArtSegError(f"{path}: cannot write ({exc.strerror or exc})") from None
 
 
-def predict_one(model, item: InputImage, out: Path, args) -> dict[str, Any]:
+def preload(item: InputImage) -> LoadedImage | None:
+    """``item``'s image read whole, or None for one read in blocks (Zarr, a large TIFF).
+
+    The serial loop calls it for the next image in a background thread while the
+    current one is predicted (:func:`~.predict_loop.run_serial`).
+    """
+    from ..large_images import LARGE_IMAGE_PIXELS, read_header
+
+    if item.is_zarr:
+        return None
+    header = read_header(item.path)
+    if header is not None and header.pixels > LARGE_IMAGE_PIXELS:
+        return None
+    return read_image(item.path)
+
+
+def predict_one(model, item: InputImage, out: Path, args,
+                loaded: LoadedImage | None = None) -> dict[str, Any]:
     """Predict one image, write its two TIFFs and return its summary row.
 
     Images above :data:`~napari_artseg.large_images.LARGE_IMAGE_PIXELS` are read
     downscaled and written in strips (bounded memory); an accelerator
     out-of-memory error retries the image that way with fewer tiles per pass.
     Zarr stores are predicted block by block (:func:`.predict_large.predict_blocked`).
+    ``loaded``: the image already read by :func:`preload`.
     """
     from ..large_images import LARGE_IMAGE_PIXELS, _is_out_of_memory, read_header
 
@@ -39,10 +58,12 @@ def predict_one(model, item: InputImage, out: Path, args) -> dict[str, Any]:
     if item.is_zarr:
         return predict_blocked(model, item, out, args, start)
     prob_path, mask_path = out / f"{item.key}_prob.tif", out / f"{item.key}_mask.tif"
-    header = read_header(item.path)
-    if header is not None and header.pixels > LARGE_IMAGE_PIXELS:
-        return predict_large(model, item, out, args, header, start)
-    loaded = read_image(item.path)
+    header = None
+    if loaded is None:
+        header = read_header(item.path)
+        if header is not None and header.pixels > LARGE_IMAGE_PIXELS:
+            return predict_large(model, item, out, args, header, start)
+        loaded = read_image(item.path)
     for note in loaded.notes:
         print(f"note: {note}", file=sys.stderr)
     try:
@@ -57,7 +78,7 @@ def predict_one(model, item: InputImage, out: Path, args) -> dict[str, Any]:
         print(f"note: {item.path}: out of memory; retrying with fewer tiles at a time",
               file=sys.stderr)
         del loaded
-        return predict_large(model, item, out, args, header, start)
+        return predict_large(model, item, out, args, header or read_header(item.path), start)
     _write_output(prob_path, result.probability.astype(np.float32), loaded.pixel_size_um)
     _write_output(mask_path, result.mask.astype(np.uint8), loaded.pixel_size_um)
     return {
@@ -83,12 +104,13 @@ def _failure_message(item: InputImage, exc: Exception) -> str:
 
 def process_item(model, item: InputImage, out: Path, options: PredictOptions,
                  previous: dict[str, str] | None,
-                 predict=None) -> tuple[str, dict[str, Any], bool]:
+                 predict=None, preloaded: Future | None = None) -> tuple[str, dict[str, Any], bool]:
     """Predict one image unless its outputs are complete already; never raises for a bad image.
 
     The one per-image step of both the serial and the ``--dask`` path;
     ``predict`` replaces :func:`predict_one` (the ``--dask`` path passes the
-    blocked predictor bound to its cluster).
+    blocked predictor bound to its cluster); ``preloaded`` is a future of
+    :func:`preload` for this item (its read error fails the image like any other).
 
     Returns
     -------
@@ -100,7 +122,10 @@ def process_item(model, item: InputImage, out: Path, options: PredictOptions,
         return item.key, dict(previous or {}), True
     row: dict[str, Any] = {"image": item.key, "model_id": model.model_id}
     try:
-        row.update((predict or predict_one)(model, item, out, options))
+        if preloaded is not None:
+            row.update(predict_one(model, item, out, options, loaded=preloaded.result()))
+        else:
+            row.update((predict or predict_one)(model, item, out, options))
     except Exception as exc:  # one bad image never stops the run
         row.update(status="failed", error=_failure_message(item, exc))
     return item.key, row, False

@@ -10,11 +10,13 @@ from __future__ import annotations
 import sys
 import time
 from collections.abc import Iterable
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-from .predict_image import process_item
+from .predict_image import preload, process_item
 from .predict_inputs import InputImage, PredictOptions
+from .predict_resume import is_done
 from .predict_summary import write_summary
 from .progress import counted
 
@@ -65,6 +67,30 @@ def collect_rows(results: Iterable[tuple[str, dict[str, Any], bool]],
 
 def run_serial(model, images: list[InputImage], out: Path, options: PredictOptions,
                table: dict[str, dict[str, Any]], quiet: bool) -> tuple[int, int, int]:
-    """Predict ``images`` one after the other in this process; see :func:`collect_rows`."""
-    results = (process_item(model, item, out, options, table.get(item.key)) for item in images)
-    return collect_rows(results, table, images, out, quiet)
+    """Predict ``images`` one after the other in this process; see :func:`collect_rows`.
+
+    The next image is read (and decoded) in a background thread while the
+    current one is predicted: at most one image ahead is held in memory, and
+    images whose outputs are complete already are not read.
+    """
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="artseg-read") as pool:
+        results = _read_ahead_results(model, images, out, options, table, pool)
+        return collect_rows(results, table, images, out, quiet)
+
+
+def _read_ahead_results(model, images: list[InputImage], out: Path, options: PredictOptions,
+                        table: dict[str, dict[str, Any]], pool: ThreadPoolExecutor):
+    """``process_item`` of every image, each image read one step ahead in ``pool``."""
+
+    def read(index: int) -> Future | None:
+        if index >= len(images):
+            return None
+        item = images[index]
+        if not options.overwrite and is_done(table.get(item.key), item, out, model, options):
+            return None  # process_item skips it
+        return pool.submit(preload, item)
+
+    ahead = read(0)
+    for index, item in enumerate(images):
+        current, ahead = ahead, read(index + 1)
+        yield process_item(model, item, out, options, table.get(item.key), preloaded=current)

@@ -1,0 +1,48 @@
+"""The serial predict loop reads the next image in a background thread while predicting."""
+
+from __future__ import annotations
+
+import threading
+
+import numpy as np
+
+from napari_artseg.cli import main, predict_image
+from napari_artseg.image_files import read_image, write_tiff
+
+
+def test_next_image_is_read_in_the_background_and_results_match(tiny_model, tmp_path,
+                                                                  monkeypatch, capsys):
+    images = tmp_path / "images"
+    images.mkdir()
+    rng = np.random.default_rng(0)
+    for i in range(4):
+        write_tiff(images / f"im{i}.tif", rng.integers(0, 4000, (70, 90)).astype(np.uint16))
+    (images / "broken.tif").write_bytes(b"not a tiff at all")
+    # a serial reference without read-ahead: each image predicted on its own
+    reference = tmp_path / "reference"
+    for i in range(4):
+        assert main(["predict", "--model", str(tiny_model), "--out", str(reference),
+                     str(images / f"im{i}.tif")]) == 0
+
+    readers = []
+    real_read = predict_image.read_image
+
+    def recording_read(path):
+        readers.append((threading.current_thread().name, path.name))
+        return real_read(path)
+
+    monkeypatch.setattr(predict_image, "read_image", recording_read)
+    out = tmp_path / "out"
+    code = main(["predict", "--model", str(tiny_model), "--out", str(out), str(images)])
+    assert code != 0  # the broken image failed ...
+    assert "broken.tif" in capsys.readouterr().err  # ... with its name
+    assert sorted(name for _, name in readers) == ["broken.tif"] + [f"im{i}.tif" for i in range(4)]
+    assert all(thread.startswith("artseg-read") for thread, _ in readers)
+    for i in range(4):  # ... and the others are the same as predicted one by one
+        for suffix in ("_prob.tif", "_mask.tif"):
+            np.testing.assert_array_equal(read_image(out / f"im{i}{suffix}").data,
+                                          read_image(reference / f"im{i}{suffix}").data)
+
+    readers.clear()  # a re-run reads nothing: every output is complete
+    main(["predict", "--model", str(tiny_model), "--out", str(out), str(images)])
+    assert [name for _, name in readers] == ["broken.tif"]
