@@ -20,7 +20,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import shutil
 import subprocess
 import sys
@@ -33,6 +32,7 @@ import tifffile
 import torch
 
 import napari_artseg
+from bench_common import machine
 from napari_artseg.config import preset
 from napari_artseg.device import resolve_device
 from napari_artseg.model_files import save_model
@@ -61,14 +61,6 @@ print("SECONDS", time.perf_counter() - start)
 print("MAXRSS_KB", resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
 sys.exit(status)
 """
-
-
-def machine() -> dict:
-    """What the numbers were measured on."""
-    cpu = next((line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo")
-                if line.startswith("model name")), platform.processor())
-    return {"cpu": cpu, "cores": os.cpu_count(), "torch": torch.__version__,
-            "load_average": os.getloadavg()}
 
 
 def write_input(path: Path, size: int) -> None:

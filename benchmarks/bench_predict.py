@@ -29,7 +29,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import shutil
 import sys
 import tempfile
@@ -40,6 +39,7 @@ import numpy as np
 import tifffile
 import torch
 
+from bench_common import machine
 from napari_artseg.cli.predict_cmd import InputImage, predict_one
 from napari_artseg.config import preset
 from napari_artseg.device import inference_copy, resolve_device
@@ -47,15 +47,6 @@ from napari_artseg.model_files import save_model
 from napari_artseg.predictor import ArtSegModel
 from napari_artseg.training.classifier import build_classifier
 from napari_artseg.training.segmenter import build_unet
-
-
-def machine() -> dict:
-    """What the numbers were measured on."""
-    cpu = next((line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo")
-                if line.startswith("model name")), platform.processor())
-    return {"cpu": cpu, "cores": os.cpu_count(), "torch": torch.__version__,
-            "threads": torch.get_num_threads(), "load_average": os.getloadavg(),
-            "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None}
 
 
 def matmul_rate(device: torch.device, n: int = 4096, repeats: int = 3) -> float:

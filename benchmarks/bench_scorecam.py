@@ -27,7 +27,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import sys
 import tempfile
 import time
@@ -35,6 +34,7 @@ from pathlib import Path
 
 import torch
 
+from bench_common import drain, machine
 from napari_artseg.config import preset
 from napari_artseg.device import resolve_device
 from napari_artseg.image_files import read_mask
@@ -48,30 +48,12 @@ from napari_artseg.training.data import global_view, load_training_items, strati
 from napari_artseg.training.pseudo_labels import FALLBACK_THRESHOLD, deletion_threshold
 
 
-def machine() -> dict:
-    """What the numbers were measured on."""
-    cpu = next((line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo")
-                if line.startswith("model name")), platform.processor())
-    return {"cpu": cpu, "cores": os.cpu_count(), "torch": torch.__version__,
-            "threads": torch.get_num_threads(), "load_average": os.getloadavg(),
-            "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None}
-
-
 def make_set(folder: Path, n: int, size: int, seed: int) -> Path:
     """A synthetic set (reused when complete)."""
     if not (folder / "dataset.json").is_file():
         for _ in write_dataset(folder, n=n, size=size, artifact_fraction=0.5, seed=seed):
             pass
     return folder
-
-
-def drain(generator):
-    """Run a progress generator to its return value."""
-    while True:
-        try:
-            next(generator)
-        except StopIteration as stop:
-            return stop.value
 
 
 def trained_classifier(args, config, device) -> torch.nn.Module:

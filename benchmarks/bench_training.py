@@ -28,7 +28,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import sys
 import tempfile
 import time
@@ -36,6 +35,7 @@ from pathlib import Path
 
 import torch
 
+from bench_common import drain, machine
 from napari_artseg.config import preset
 from napari_artseg.labels_file import read_labels_csv
 from napari_artseg.synth import write_dataset
@@ -47,23 +47,6 @@ from napari_artseg.training.saliency_cache import SaliencyCache
 from napari_artseg.training.segmenter import build_unet, train_unet
 
 CPU = torch.device("cpu")
-
-
-def machine() -> dict:
-    """What the numbers were measured on."""
-    cpu = next((line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo")
-                if line.startswith("model name")), platform.processor())
-    return {"cpu": cpu, "cores": os.cpu_count(), "torch": torch.__version__,
-            "threads": torch.get_num_threads(), "load_average": os.getloadavg()}
-
-
-def drain(generator):
-    """Run a generator to its end; its return value."""
-    while True:
-        try:
-            next(generator)
-        except StopIteration as stop:
-            return stop.value
 
 
 def pseudo_label_stage(items, images_dir: Path, config, cache_root: Path, rounds: int) -> dict:

@@ -1,0 +1,26 @@
+"""Helpers shared by the benchmark scripts (run them as ``python benchmarks/<script>.py``)."""
+
+from __future__ import annotations
+
+import os
+import platform
+
+import torch
+
+
+def machine() -> dict:
+    """What the numbers were measured on: CPU, cores, torch, threads, load, GPU."""
+    cpu = next((line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo")
+                if line.startswith("model name")), platform.processor())
+    return {"cpu": cpu, "cores": os.cpu_count(), "torch": torch.__version__,
+            "threads": torch.get_num_threads(), "load_average": os.getloadavg(),
+            "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None}
+
+
+def drain(generator):
+    """Run a progress generator to its end; its return value."""
+    while True:
+        try:
+            next(generator)
+        except StopIteration as stop:
+            return stop.value
