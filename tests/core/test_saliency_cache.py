@@ -6,6 +6,7 @@ import shutil
 import numpy as np
 import pytest
 import torch
+from generator_helpers import drain
 
 from napari_artseg.config import preset
 from napari_artseg.image_files import write_tiff
@@ -17,14 +18,6 @@ from napari_artseg.training.pseudo_labels import saliency_maps
 from napari_artseg.training.saliency_cache import SaliencyCache, default_cache_folder
 
 CPU = torch.device("cpu")
-
-
-def run(generator):
-    while True:
-        try:
-            next(generator)
-        except StopIteration as stop:
-            return stop.value
 
 
 @pytest.fixture
@@ -56,14 +49,14 @@ def images(tmp_path):
 
 def _setup(images, config):
     folder, labels = images
-    items, _ = run(load_training_items(folder, labels, config))
+    items, _ = drain(load_training_items(folder, labels, config))
     torch.manual_seed(1)
     classifier = build_classifier(config).eval()
     return folder, items, classifier
 
 
 def _maps(classifier, items, config, cache):
-    return run(saliency_maps(classifier, items, list(range(len(items))), config, CPU, cache))
+    return drain(saliency_maps(classifier, items, list(range(len(items))), config, CPU, cache))
 
 
 def test_second_run_hits_the_cache_with_identical_maps(images, tmp_path, counted):
@@ -163,10 +156,10 @@ def test_retraining_the_unet_reuses_the_maps(tiny_dataset, tmp_path, counted, mo
     (project / "project.json").write_text("{}")
     labels = read_labels_csv(tiny_dataset / "labels.csv").labels
     config = preset("tiny", classifier_epochs=1, unet_epochs=1, self_training_rounds=0)
-    first = run(train_pipeline(tiny_dataset / "images", labels, project / "models" / "a", config))
+    first = drain(train_pipeline(tiny_dataset / "images", labels, project / "models" / "a", config))
     n_maps = len(counted)
     assert n_maps > 0 and len(list((project / "cache" / "saliency").glob("*/*.npy"))) == n_maps
-    second = run(train_pipeline(tiny_dataset / "images", labels, project / "models" / "b",
+    second = drain(train_pipeline(tiny_dataset / "images", labels, project / "models" / "b",
                                 config.replace(classifier_epochs=0), init=first))
     assert len(counted) == n_maps  # every map came from the cache
     document = json.loads((second / "config.json").read_text())
@@ -188,6 +181,7 @@ def test_the_config_switch_turns_the_cache_off(tiny_dataset, tmp_path, counted, 
     labels = read_labels_csv(tiny_dataset / "labels.csv").labels
     config = preset("tiny", classifier_epochs=1, unet_epochs=1, self_training_rounds=0,
                     pseudo_label_cache=False)
-    folder = run(train_pipeline(tiny_dataset / "images", labels, project / "models" / "a", config))
+    folder = drain(train_pipeline(tiny_dataset / "images", labels, project / "models" / "a",
+                                  config))
     assert counted and not (project / "cache").exists()
     assert json.loads((folder / "config.json").read_text())["config"]["pseudo_label_cache"] is False
