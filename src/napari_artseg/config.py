@@ -21,6 +21,8 @@ METHODS = ("scorecam_unet", "supervised_unet", "scorecam", "ae_ssim", "padim", "
 #: The methods trained on clean images only (adapters around ``methods.anomaly`` detectors).
 ANOMALY_METHODS = ("ae_ssim", "padim", "patchsvdd")
 POLARITIES = ("both", "dark", "bright")
+POOLS = ("avg", "avgmax")
+PSEUDO_LABEL_RULES = ("otsu", "deletion")
 
 
 @dataclass
@@ -37,6 +39,7 @@ class ArtSegConfig:
     resnet_depth: int = 18
     resnet_width: int = 16
     resnet_stem_pool: bool = False
+    resnet_pool: str = "avg"
     # Segmenter (the paper's U-Net: constant width, 3 convs per level).
     unet_width: int = 8
     unet_levels: int = 5
@@ -68,7 +71,8 @@ class ArtSegConfig:
     scorecam_batch_size: int = 32
     scorecam_max_channels: int | None = 32
     scorecam_stage: int = 4
-    pseudo_label_per_image: bool = True
+    pseudo_label_rule: str = "otsu"
+    pseudo_label_per_image: bool = False
     self_training_rounds: int = 1
     pseudo_label_cache: bool = True
     # Thresholds (None: chosen on the validation split after training).
@@ -104,6 +108,7 @@ class ArtSegConfig:
         checks = [
             (self.resnet_depth in (18, 34, 50), "resnet_depth must be 18, 34 or 50"),
             (self.resnet_width >= 1, "resnet_width must be >= 1"),
+            (self.resnet_pool in POOLS, f"resnet_pool must be one of {', '.join(POOLS)}"),
             (self.unet_width >= 1, "unet_width must be >= 1"),
             (1 <= self.unet_levels <= 7, "unet_levels must be between 1 and 7"),
             (self.unet_convs_per_level >= 1, "unet_convs_per_level must be >= 1"),
@@ -121,6 +126,8 @@ class ArtSegConfig:
              f"scorecam_weighting must be one of {', '.join(WEIGHTINGS)}"),
             (self.scorecam_batch_size >= 1, "scorecam_batch_size must be >= 1"),
             (self.scorecam_stage in (1, 2, 3, 4), "scorecam_stage must be 1, 2, 3 or 4"),
+            (self.pseudo_label_rule in PSEUDO_LABEL_RULES,
+             f"pseudo_label_rule must be one of {', '.join(PSEUDO_LABEL_RULES)}"),
             (self.self_training_rounds >= 0, "self_training_rounds must be >= 0"),
             (self.method in METHODS, f"method must be one of {', '.join(METHODS)}"),
             *self._method_checks(),

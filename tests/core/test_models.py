@@ -47,6 +47,26 @@ def test_resnet_invalid_depth(depth: int) -> None:
         ResNetClassifier(depth=depth)
 
 
+def test_resnet_avgmax_head_sees_one_hot_spot_that_averaging_dilutes() -> None:
+    model = ResNetClassifier(depth=18, width=4, pool="avgmax").eval()
+    channels = model.num_feature_channels
+    assert model.fc.in_features == 2 * channels
+    features = torch.zeros(2, channels, 8, 8)
+    features[1, :, 3, 4] = 64.0  # one hot cell: average 1.0, maximum 64.0
+    with torch.no_grad():
+        model.fc.weight.zero_()
+        model.fc.bias.zero_()
+        model.fc.weight[0, channels:] = 1.0  # read the max half only
+        logits = model.head(features)
+        assert logits.tolist() == pytest.approx([0.0, 64.0 * channels])
+        assert model(torch.randn(2, 1, 64, 64)).shape == (2,)
+
+
+def test_resnet_rejects_unknown_pool() -> None:
+    with pytest.raises(ValueError, match="pool"):
+        ResNetClassifier(depth=18, width=4, pool="median")
+
+
 def test_resnet_learns_tiny_problem() -> None:
     torch.manual_seed(0)
     x = torch.randn(16, 1, 32, 32) * 0.1

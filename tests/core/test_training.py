@@ -30,13 +30,26 @@ def test_events_cover_every_stage_in_order(tiny_dataset, labels, tmp_path):
     events, folder = run_all(
         train_pipeline(tiny_dataset / "images", labels, tmp_path / "m", preset("tiny")))
     stages = [e.stage for e in events if e.kind == "stage"]
-    assert stages == ["data", "classifier", "pseudo_labels", "pseudo_thresholds", "unet",
+    assert stages == ["data", "classifier", "pseudo_labels", "unet",
                       "self_training", "unet_finetune", "thresholds", "save", "save"]
     epochs = [e for e in events if e.kind == "epoch"]
     assert {e.stage for e in epochs} == {"classifier", "unet", "unet_finetune"}
     assert all("val_loss" in e.metrics and "train_loss" in e.metrics for e in epochs)
     assert all(0 <= e.step <= e.total for e in events if e.total)
     assert folder == tmp_path / "m" and (folder / "config.json").is_file()
+
+
+def test_deletion_rule_with_per_image_thresholds_records_what_flipped(tiny_dataset, labels,
+                                                                      tmp_path):
+    config = preset("tiny", pseudo_label_rule="deletion", pseudo_label_per_image=True)
+    events, folder = run_all(train_pipeline(tiny_dataset / "images", labels, tmp_path / "m",
+                                            config))
+    assert "pseudo_thresholds" in [e.stage for e in events if e.kind == "stage"]
+    document = json.loads((folder / "config.json").read_text())
+    report = document["pseudo_labels"]
+    assert {"n_images", "n_flipped", "n_own_threshold"} <= set(report)
+    assert 0 <= report["n_flipped"] <= report["n_images"]
+    assert 0 < document["thresholds"]["pseudo_label"] <= 1
 
 
 def test_cancel_during_unet_saves_a_partial_model(tiny_dataset, labels, tmp_path):

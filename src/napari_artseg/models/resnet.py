@@ -10,6 +10,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from ..config import POOLS
+
 # depth -> (block type name, blocks per stage)
 _DEPTHS: dict[int, tuple[str, tuple[int, int, int, int]]] = {
     18: ("basic", (2, 2, 2, 2)),
@@ -133,6 +135,10 @@ class ResNetClassifier(nn.Module):
     stem_pool : bool
         Keep the stem max-pool. ``False`` halves the total downsampling
         (16 instead of 32), which doubles the resolution of Score-CAM maps.
+    pool : str
+        The global pooling of the head: ``"avg"`` (the paper's average pooling)
+        or ``"avgmax"`` (average and maximum side by side into the linear layer,
+        so one small artifact is not averaged away over the whole field).
 
     Attributes
     ----------
@@ -145,13 +151,17 @@ class ResNetClassifier(nn.Module):
     Raises
     ------
     ValueError
-        If ``depth`` is not 18, 34 or 50, or ``width`` / ``in_channels`` < 1.
+        If ``depth`` is not 18, 34 or 50, ``width`` / ``in_channels`` < 1, or
+        ``pool`` is not one of :data:`POOLS`.
     """
 
     def __init__(
-        self, depth: int = 18, width: int = 64, in_channels: int = 1, stem_pool: bool = True
+        self, depth: int = 18, width: int = 64, in_channels: int = 1, stem_pool: bool = True,
+        pool: str = "avg",
     ) -> None:
         super().__init__()
+        if pool not in POOLS:
+            raise ValueError(f"ResNet pool must be one of {POOLS}, got {pool!r}")
         if depth not in _DEPTHS:
             raise ValueError(f"ResNet depth must be one of {sorted(_DEPTHS)}, got {depth!r}")
         if width < 1 or in_channels < 1:
@@ -188,8 +198,9 @@ class ResNetClassifier(nn.Module):
 
         self.num_feature_channels: int = channels
         self.downsample: int = 32 if stem_pool else 16
+        self.pool_kind = pool
         self.pool = nn.AdaptiveAvgPool2d(1)
-        self.fc = nn.Linear(channels, 1)
+        self.fc = nn.Linear(channels * (2 if pool == "avgmax" else 1), 1)
         self._init_weights()
 
     def _init_weights(self) -> None:
@@ -220,7 +231,7 @@ class ResNetClassifier(nn.Module):
         return self.stages(self.stem(x))
 
     def head(self, features: torch.Tensor) -> torch.Tensor:
-        """Global average pooling and the linear layer.
+        """Global pooling (average, or average and maximum) and the linear layer.
 
         Parameters
         ----------
@@ -232,7 +243,10 @@ class ResNetClassifier(nn.Module):
         torch.Tensor
             Logits, shape (N,) (artifact class; apply a sigmoid for probabilities).
         """
-        return self.fc(torch.flatten(self.pool(features), 1)).squeeze(-1)
+        pooled = torch.flatten(self.pool(features), 1)
+        if self.pool_kind == "avgmax":
+            pooled = torch.cat([pooled, torch.amax(features, dim=(2, 3))], dim=1)
+        return self.fc(pooled).squeeze(-1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Classify images.

@@ -21,7 +21,8 @@ from .loop import FitResult, fit
 def build_classifier(config: ArtSegConfig) -> ResNetClassifier:
     """The classifier network described by ``config``."""
     return ResNetClassifier(
-        depth=config.resnet_depth, width=config.resnet_width, stem_pool=config.resnet_stem_pool
+        depth=config.resnet_depth, width=config.resnet_width, stem_pool=config.resnet_stem_pool,
+        pool=config.resnet_pool,
     )
 
 

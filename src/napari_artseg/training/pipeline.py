@@ -34,6 +34,7 @@ from ..training.data import TrainingItem, check_label_counts, load_training_item
 from ..training.pseudo_labels import (
     assign_targets,
     choose_pseudo_threshold,
+    otsu_pseudo_threshold,
     per_image_thresholds,
     saliency_maps,
 )
@@ -236,7 +237,9 @@ def train_scorecam_unet(
         maps = yield from saliency_maps(classifier, items, need, config, device, cache)
         pseudo = config.pseudo_label_threshold
         pseudo_report: dict[str, Any] = {}
-        if pseudo is None:
+        if pseudo is None and config.pseudo_label_rule == "otsu":
+            pseudo, pseudo_report = otsu_pseudo_threshold(maps)
+        elif pseudo is None:
             pseudo, pseudo_report = choose_pseudo_threshold(classifier, items, maps, val_idx,
                                                             config, device)
         own = None
