@@ -42,15 +42,24 @@ def preload(item: InputImage) -> LoadedImage | None:
     return read_image(item.path)
 
 
+def write_outputs(writes: list[tuple[Path, np.ndarray, float | None]]) -> None:
+    """Write output TIFFs deferred by :func:`predict_one` (each atomically)."""
+    for path, array, pixel_size_um in writes:
+        _write_output(path, array, pixel_size_um)
+
+
 def predict_one(model, item: InputImage, out: Path, args,
-                loaded: LoadedImage | None = None) -> dict[str, Any]:
+                loaded: LoadedImage | None = None,
+                writes: list | None = None) -> dict[str, Any]:
     """Predict one image, write its two TIFFs and return its summary row.
 
     Images above :data:`~napari_artseg.large_images.LARGE_IMAGE_PIXELS` are read
     downscaled and written in strips (bounded memory); an accelerator
     out-of-memory error retries the image that way with fewer tiles per pass.
     Zarr stores are predicted block by block (:func:`.predict_large.predict_blocked`).
-    ``loaded``: the image already read by :func:`preload`.
+    ``loaded``: the image already read by :func:`preload`. ``writes``: a list
+    to append the two output writes to instead of writing them here (the serial
+    loop writes them in a background thread with :func:`write_outputs`).
     """
     from ..large_images import LARGE_IMAGE_PIXELS, _is_out_of_memory, read_header
 
@@ -79,8 +88,12 @@ def predict_one(model, item: InputImage, out: Path, args,
               file=sys.stderr)
         del loaded
         return predict_large(model, item, out, args, header or read_header(item.path), start)
-    _write_output(prob_path, result.probability.astype(np.float32), loaded.pixel_size_um)
-    _write_output(mask_path, result.mask.astype(np.uint8), loaded.pixel_size_um)
+    outputs = [(prob_path, result.probability.astype(np.float32), loaded.pixel_size_um),
+               (mask_path, result.mask.astype(np.uint8), loaded.pixel_size_um)]
+    if writes is None:
+        write_outputs(outputs)
+    else:
+        writes.extend(outputs)
     return {
         "status": "ok", "error": "", "artifact_score": round(result.score, 6),
         "predicted_label": "artifact" if result.mask.any() else "clean",
@@ -91,7 +104,7 @@ def predict_one(model, item: InputImage, out: Path, args,
     }
 
 
-def _failure_message(item: InputImage, exc: Exception) -> str:
+def failure_message(item: InputImage, exc: Exception) -> str:
     """One line naming the file for any error raised while predicting it."""
     if isinstance(exc, ArtSegError):
         text = str(exc).strip()
@@ -103,14 +116,15 @@ def _failure_message(item: InputImage, exc: Exception) -> str:
 
 
 def process_item(model, item: InputImage, out: Path, options: PredictOptions,
-                 previous: dict[str, str] | None,
-                 predict=None, preloaded: Future | None = None) -> tuple[str, dict[str, Any], bool]:
+                 previous: dict[str, str] | None, predict=None, preloaded: Future | None = None,
+                 writes: list | None = None) -> tuple[str, dict[str, Any], bool]:
     """Predict one image unless its outputs are complete already; never raises for a bad image.
 
     The one per-image step of both the serial and the ``--dask`` path;
     ``predict`` replaces :func:`predict_one` (the ``--dask`` path passes the
     blocked predictor bound to its cluster); ``preloaded`` is a future of
-    :func:`preload` for this item (its read error fails the image like any other).
+    :func:`preload` for this item (its read error fails the image like any other);
+    ``writes``: see :func:`predict_one` (only with ``preloaded``).
 
     Returns
     -------
@@ -123,9 +137,10 @@ def process_item(model, item: InputImage, out: Path, options: PredictOptions,
     row: dict[str, Any] = {"image": item.key, "model_id": model.model_id}
     try:
         if preloaded is not None:
-            row.update(predict_one(model, item, out, options, loaded=preloaded.result()))
+            row.update(predict_one(model, item, out, options, loaded=preloaded.result(),
+                                   writes=writes))
         else:
             row.update((predict or predict_one)(model, item, out, options))
     except Exception as exc:  # one bad image never stops the run
-        row.update(status="failed", error=_failure_message(item, exc))
+        row.update(status="failed", error=failure_message(item, exc))
     return item.key, row, False

@@ -14,7 +14,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-from .predict_image import preload, process_item
+from .predict_image import failure_message, preload, process_item, write_outputs
 from .predict_inputs import InputImage, PredictOptions
 from .predict_resume import is_done
 from .predict_summary import write_summary
@@ -69,18 +69,53 @@ def run_serial(model, images: list[InputImage], out: Path, options: PredictOptio
                table: dict[str, dict[str, Any]], quiet: bool) -> tuple[int, int, int]:
     """Predict ``images`` one after the other in this process; see :func:`collect_rows`.
 
-    The next image is read (and decoded) in a background thread while the
-    current one is predicted: at most one image ahead is held in memory, and
-    images whose outputs are complete already are not read.
+    The next image is read (and decoded) in one background thread and the
+    previous image's two output TIFFs are written in another while the current
+    one is predicted: at most one image ahead and one behind are held in memory,
+    and images whose outputs are complete already are not read. An image's row
+    reaches the summary only after its files are written (a write error fails
+    that image), so a resumed run never trusts a file that was not finished.
     """
-    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="artseg-read") as pool:
+    with (ThreadPoolExecutor(max_workers=1, thread_name_prefix="artseg-read") as pool,
+          ThreadPoolExecutor(max_workers=1, thread_name_prefix="artseg-write") as writer):
         results = _read_ahead_results(model, images, out, options, table, pool)
-        return collect_rows(results, table, images, out, quiet)
+        return collect_rows(_written_behind(results, writer), table, images, out, quiet)
+
+
+def _written_behind(results, writer: ThreadPoolExecutor):
+    """Pass ``(key, row, skipped, item, writes)`` on as ``(key, row, skipped)``.
+
+    Each item's deferred writes run in ``writer`` while the next item is
+    predicted; its row is passed on once they are done (failed if they raised).
+    """
+    pending = None
+    for key, row, skipped, item, writes in results:
+        job = writer.submit(write_outputs, writes) if writes else None
+        if pending is not None:
+            yield _finished(*pending)
+        pending = (key, row, skipped, item, job)
+    if pending is not None:
+        yield _finished(*pending)
+
+
+def _finished(key: str, row: dict[str, Any], skipped: bool, item: InputImage,
+              job: Future | None) -> tuple[str, dict[str, Any], bool]:
+    """The result once its writes are done; a write error fails the image."""
+    if job is not None:
+        try:
+            job.result()
+        except Exception as exc:
+            row = {**row, "status": "failed", "error": failure_message(item, exc)}
+    return key, row, skipped
 
 
 def _read_ahead_results(model, images: list[InputImage], out: Path, options: PredictOptions,
                         table: dict[str, dict[str, Any]], pool: ThreadPoolExecutor):
-    """``process_item`` of every image, each image read one step ahead in ``pool``."""
+    """``process_item`` of every image, each read one step ahead in ``pool``; writes deferred.
+
+    Yields ``(key, row, skipped, item, writes)``, ``writes`` being the output
+    TIFFs still to write (see :func:`_written_behind`).
+    """
 
     def read(index: int) -> Future | None:
         if index >= len(images):
@@ -93,4 +128,7 @@ def _read_ahead_results(model, images: list[InputImage], out: Path, options: Pre
     ahead = read(0)
     for index, item in enumerate(images):
         current, ahead = ahead, read(index + 1)
-        yield process_item(model, item, out, options, table.get(item.key), preloaded=current)
+        writes: list = []
+        key, row, skipped = process_item(model, item, out, options, table.get(item.key),
+                                         preloaded=current, writes=writes)
+        yield key, row, skipped, item, writes
