@@ -140,6 +140,9 @@ def run_seed(seed: int, args, train_set: Path, test: Path, work: Path) -> dict[s
     active_order = rank({image: uncertainty for image, (_, uncertainty) in preds.items()})
     for k in args.active_k:
         for order_name, order in (("active", active_order), ("random", random_order)):
+            if order_name == "random" and f"strokes_{k}" in row:  # the same images, same strokes
+                row[f"random_{k}"] = row[f"strokes_{k}"]
+                continue
             folder = corrected_model(f"{order_name}-{k}", order[:k], "strokes", preds, train_set,
                                      labels, weak, work, config, args.strokes)
             row[f"{order_name}_{k}"] = test_iou(folder, test)
