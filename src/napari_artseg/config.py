@@ -68,9 +68,10 @@ class ArtSegConfig:
     amp: bool = True
     # Score-CAM.
     scorecam_weighting: str = "probability"
-    scorecam_batch_size: int = 32
+    scorecam_batch_size: int | str = 32
     scorecam_max_channels: int | None = 32
     scorecam_stage: int = 4
+    scorecam_score_scale: float = 1.0
     pseudo_label_rule: str = "otsu"
     pseudo_label_per_image: bool = False
     self_training_rounds: int = 1
@@ -124,7 +125,10 @@ class ArtSegConfig:
             (self.device in DEVICES, f"device must be one of {', '.join(DEVICES)}"),
             (self.scorecam_weighting in WEIGHTINGS,
              f"scorecam_weighting must be one of {', '.join(WEIGHTINGS)}"),
-            (self.scorecam_batch_size >= 1, "scorecam_batch_size must be >= 1"),
+            (self.scorecam_batch_size == "auto"
+             or (_is_integer(self.scorecam_batch_size) and self.scorecam_batch_size >= 1),
+             "scorecam_batch_size must be an integer >= 1 or \"auto\""),
+            (0 < self.scorecam_score_scale <= 1, "scorecam_score_scale must be in (0, 1]"),
             (self.scorecam_stage in (1, 2, 3, 4), "scorecam_stage must be 1, 2, 3 or 4"),
             (self.pseudo_label_rule in PSEUDO_LABEL_RULES,
              f"pseudo_label_rule must be one of {', '.join(PSEUDO_LABEL_RULES)}"),
@@ -195,15 +199,22 @@ class ArtSegConfig:
         return dataclasses.replace(self, **changes).validate()
 
 
+#: Integer settings that also accept the word "auto".
+AUTO_INTEGERS = ("scorecam_batch_size",)
+
+
 def _coerce(name: str, value: Any, default: Any, source: str) -> Any:
     """Check a value read from JSON against the type of its default."""
     if value is None:
         return None
+    if name in AUTO_INTEGERS and value == "auto":
+        return value
     expected = type(default) if default is not None else None
     if expected is bool and not isinstance(value, bool):
         raise ArtSegError(f"{source}: setting {name} must be true or false, got {value!r}")
-    if expected is int and not (isinstance(value, int) and not isinstance(value, bool)):
-        raise ArtSegError(f"{source}: setting {name} must be an integer, got {value!r}")
+    if expected is int and not _is_integer(value):
+        word = ' or "auto"' if name in AUTO_INTEGERS else ""
+        raise ArtSegError(f"{source}: setting {name} must be an integer{word}, got {value!r}")
     if expected is float or (expected is None and isinstance(value, int | float)):
         if isinstance(value, bool) or not isinstance(value, int | float):
             raise ArtSegError(f"{source}: setting {name} must be a number, got {value!r}")
@@ -215,6 +226,11 @@ def _coerce(name: str, value: Any, default: Any, source: str) -> Any:
     if expected is list and not isinstance(value, list):
         raise ArtSegError(f"{source}: setting {name} must be a list, got {value!r}")
     return value
+
+
+def _is_integer(value: Any) -> bool:
+    """An int (not a bool)."""
+    return isinstance(value, int) and not isinstance(value, bool)
 
 
 def _is_real(value: Any) -> bool:

@@ -22,7 +22,8 @@ def config_scorecam(classifier: ResNetClassifier, views: torch.Tensor,
     config : ArtSegConfig
         Uses ``scorecam_stage`` (the target stage: 4 is the last, as in the paper;
         3 has a twice finer grid), ``scorecam_weighting``, ``scorecam_batch_size``
-        and ``scorecam_max_channels``.
+        (an integer, or ``"auto"``: measured once per process), ``scorecam_max_channels``
+        and ``scorecam_score_scale`` (scoring at a reduced resolution; 1.0 is exact).
 
     Returns
     -------
@@ -31,4 +32,5 @@ def config_scorecam(classifier: ResNetClassifier, views: torch.Tensor,
     """
     return scorecam(cam_target(classifier, config.scorecam_stage), views,
                     batch_size=config.scorecam_batch_size, weighting=config.scorecam_weighting,
-                    max_channels=config.scorecam_max_channels)
+                    max_channels=config.scorecam_max_channels,
+                    score_scale=config.scorecam_score_scale)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 import torch
 
@@ -168,6 +170,24 @@ def test_scorecam_at_an_earlier_stage_equals_the_reference() -> None:
     fast = scorecam(view, image)[0]
     assert fast.shape == (64, 64)
     assert torch.allclose(fast, scorecam_reference(view, image[0]), atol=1e-4)
+
+
+def test_config_scorecam_passes_score_scale_and_auto_batch_size() -> None:
+    from napari_artseg.config import ArtSegConfig, preset
+    from napari_artseg.saliency import config_scorecam
+    from napari_artseg.scorecam import scorecam
+
+    torch.manual_seed(2)
+    net = ResNetClassifier(depth=18, width=4, stem_pool=False).eval()
+    image = torch.randn(1, 1, 64, 64)
+    config = preset("tiny", scorecam_batch_size="auto", scorecam_score_scale=0.5)
+    config = ArtSegConfig.from_dict(json.loads(config.to_json()))  # as read from a model folder
+    assert config.scorecam_batch_size == "auto"
+    coarse = config_scorecam(net, image, config)
+    assert torch.allclose(coarse, scorecam(net, image, batch_size=4, score_scale=0.5), atol=1e-5)
+    exact = config_scorecam(net, image, config.replace(scorecam_score_scale=1.0))
+    assert torch.allclose(exact, scorecam(net, image, batch_size=4), atol=1e-5)
+    assert not torch.equal(coarse, exact)  # the reduced resolution reached scorecam()
 
 
 def test_config_scorecam_uses_the_configured_stage() -> None:

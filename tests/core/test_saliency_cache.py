@@ -94,6 +94,14 @@ def test_a_changed_classifier_or_setting_misses(images, tmp_path, counted):
     _maps(classifier, items, other, cache)
     assert len(counted) == 12 and cache.hits == 0
     assert len([p for p in (tmp_path / "c").iterdir() if p.is_dir()]) == 3
+    coarse = other.replace(scorecam_score_scale=0.5)  # an approximation: other maps
+    cache = SaliencyCache(tmp_path / "c", classifier, coarse, folder, CPU)
+    _maps(classifier, items, coarse, cache)
+    assert len(counted) == 16 and cache.hits == 0
+    batched = coarse.replace(scorecam_batch_size=3)  # only the speed changes: same maps
+    cache = SaliencyCache(tmp_path / "c", classifier, batched, folder, CPU)
+    _maps(classifier, items, batched, cache)
+    assert len(counted) == 16 and cache.hits == 4
 
 
 def test_images_are_known_by_content(images, tmp_path, counted):

@@ -12,7 +12,8 @@ Layout::
     <cache folder>/<key>/<image content hash>.npy   (S, S) float32 map, no pickle
 
 ``<key>`` hashes the classifier's state dict (weights and batch-norm statistics),
-every ``scorecam_*`` setting, ``input_size``, ``scale``, ``normalization``, the
+every ``scorecam_*`` setting but the batch size (exact maps do not depend on
+it beyond float rounding), ``input_size``, ``scale``, ``normalization``, the
 device type and a format version; the image is named by the SHA-256 of its
 file's bytes, so a renamed image still hits and an edited one misses. Files
 are written atomically; an unreadable or mismatching file counts as a miss and
@@ -46,6 +47,8 @@ CACHE_ENV = "ARTSEG_CACHE_DIR"
 KEEP_CLASSIFIERS = 4
 _FORMAT = 1
 _CHUNK = 1 << 20
+#: Score-CAM settings that change only how fast a map is made, not the map.
+BATCH_ONLY = ("scorecam_batch_size",)
 
 
 def state_dict_hash(module: torch.nn.Module) -> str:
@@ -70,7 +73,7 @@ def file_hash(path: str | os.PathLike) -> str:
 def scorecam_settings(config: ArtSegConfig) -> dict[str, Any]:
     """The settings a training image's Score-CAM map depends on, besides the classifier."""
     fields = {f.name: getattr(config, f.name) for f in dataclasses.fields(config)
-              if f.name.startswith("scorecam_")}
+              if f.name.startswith("scorecam_") and f.name not in BATCH_ONLY}
     return {**fields, "input_size": config.input_size, "scale": config.scale,
             "normalization": config.normalization}
 
