@@ -10,6 +10,11 @@ cannot be fine-tuned (anomaly detectors, ensembles) is replaced by a new one
 trained from scratch with the chosen method. Curated pixels weigh
 more (``curated_weight``) and a soft-Dice term fights class imbalance
 (``dice_weight``). The current model is fine-tuned unless ``from_scratch``.
+When the image labels are exactly those the parent was trained on (its
+``manifest.csv``), its classifier is kept (``classifier_epochs=0``): only
+the U-Net learns from the corrections, and the Score-CAM maps of the unchanged
+classifier come from the project's pseudo-label cache instead of being
+recomputed.
 
 When the project has enough curated masks, a share of them is held out: the
 held-out images are chosen once and stored in ``project.json``
@@ -359,10 +364,16 @@ def retrain(
     method.check_inputs(labels, project.masks_dir, config)
     config = config.replace(curated_weight=max(config.curated_weight, CURATED_WEIGHT),
                             dice_weight=max(config.dice_weight, DICE_WEIGHT))
+    keep_note = ""
+    if (parent is not None and "classifier" in method.components and config.classifier_epochs
+            and trained_labels(parent) == usable_labels(labels)):
+        config = config.replace(classifier_epochs=0)
+        keep_note = (f"The image labels are those {parent.name} was trained on: its classifier "
+                     "was kept (classifier_epochs=0) and only the U-Net was fine-tuned. ")
     train_masks = [k for k in curated if k not in held and k in labels]
     report = RetrainReport(Path(out), parent.name if parent else None,
                            previous.name if previous else None, held, len(train_masks))
-    report.note = scratch_note
+    report.note = scratch_note + keep_note
     if not held:
         report.note += (f"No held-out masks: {len(curated)} curated mask(s), fewer than "
                         f"{min_holdout}; all of them train (no before/after comparison).")
@@ -385,6 +396,22 @@ def retrain(
                       json.dumps(report.to_dict(), indent=2) + "\n")
     yield ProgressEvent("evaluate_after", 1, 1, kind="stage", message=report.text())
     return report
+
+
+def usable_labels(labels: dict[str, str]) -> dict[str, str]:
+    """The ``clean`` / ``artifact`` labels of a label table (what trains a classifier)."""
+    return {k: v for k, v in labels.items() if v in ("clean", "artifact")}
+
+
+def trained_labels(model_folder: str | os.PathLike) -> dict[str, str] | None:
+    """The image labels that trained a model, from its ``manifest.csv`` (None: unknown)."""
+    import csv
+
+    try:
+        with open(Path(model_folder) / "manifest.csv", newline="", encoding="utf-8") as handle:
+            return {row["image"]: row["label"] for row in csv.DictReader(handle)}
+    except (OSError, KeyError, ValueError, csv.Error):
+        return None
 
 
 def read_report(model_folder: str | os.PathLike) -> dict[str, Any] | None:

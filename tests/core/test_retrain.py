@@ -8,8 +8,10 @@ import shutil
 
 import numpy as np
 import pytest
+import torch
 
 from napari_artseg.cli import main
+from napari_artseg.config import ArtSegConfig
 from napari_artseg.curation import CuratedMasks, MaskEdit
 from napari_artseg.image_files import read_mask
 from napari_artseg.project import Project
@@ -135,3 +137,47 @@ def test_a_current_model_that_cannot_fine_tune_is_replaced_from_scratch(tiny_dat
     document = json.loads((folder / "config.json").read_text())
     assert document["method"] == "scorecam_unet" and document["parent"] is None
     assert json.loads((folder / "retrain_report.json").read_text())["parent"] is None
+
+
+def test_retrain_keeps_the_classifier_when_the_labels_are_those_it_was_trained_on(
+        tiny_dataset, tiny_model, tmp_path, capsys):
+    from napari_artseg.model_files import load_weights
+    from napari_artseg.training.classifier import build_classifier
+
+    project = _project(tiny_dataset, tmp_path, tiny_model, n_masks=6)
+    command = ["train", "--project", str(project.folder), "--preset", "tiny", "--epochs", "1",
+               "--set", "self_training_rounds=0", "--quiet"]
+    assert main(command) == 0, capsys.readouterr().err
+    first = Project.open(project.folder)
+    first_folder = first.models_dir / first.current_model
+    # the held-out images left the training labels: the tiny model's classifier trained again
+    assert "classifier was kept" not in capsys.readouterr().out
+    assert len(list(csv.DictReader(open(first_folder / "history_classifier.csv")))) == 1
+
+    assert main(command) == 0  # nothing relabelled since: only the U-Net learns
+    out = capsys.readouterr().out
+    assert "its classifier was kept" in out
+    second = Project.open(project.folder)
+    second_folder = second.models_dir / second.current_model
+    assert second_folder != first_folder
+    document = json.loads((second_folder / "config.json").read_text())
+    assert document["config"]["classifier_epochs"] == 0
+    assert document["parent"] == json.loads((first_folder / "config.json").read_text())["model_id"]
+    # the same Score-CAM maps, read from the project's cache instead of recomputed
+    assert document["pseudo_labels"]["saliency_cached"] == document["pseudo_labels"][
+        "pseudo_mask_images"] > 0
+    weights = []
+    for folder in (first_folder, second_folder):
+        net = build_classifier(ArtSegConfig.from_dict(document["config"]))
+        load_weights(folder, "classifier", net)
+        weights.append(net.state_dict())
+    for name, value in weights[0].items():
+        assert torch.equal(value, weights[1][name]), name
+
+    labels = dict(second.labels.labels)  # one image relabelled: the classifier trains again
+    key = next(k for k, v in labels.items() if v == "clean" and k not in curated_images(second))
+    labels[key] = "artifact"
+    second.labels_path.write_text("image,label\n" + "".join(f"{k},{v}\n"
+                                                           for k, v in labels.items()))
+    assert main(command) == 0
+    assert "classifier was kept" not in capsys.readouterr().out
