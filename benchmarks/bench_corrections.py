@@ -9,7 +9,9 @@ Per seed:
    ``artseg train --project`` does: curated_weight 4, dice_weight 1). Two correctors:
    ``strokes`` starts from the prediction and fixes its largest errors (connected components
    of prediction XOR truth) with a budget of brush strokes per image, one component per
-   stroke; ``truth`` takes the true mask (the shortcut);
+   stroke; ``truth`` takes the true mask (the shortcut). As ``artseg train --project`` does
+   when no image was relabelled, the weak model's classifier is kept (``classifier_epochs=0``)
+   and its Score-CAM maps come from a cache in the work folder (``ARTSEG_CACHE_DIR``);
 4. active selection against random order: the k = 5, 10, 20 images to correct (strokes) are
    the most uncertain predicted masks (Score-CAM/U-Net disagreement + entropy + classifier
    uncertainty, napari_artseg.active_selection) or a random draw; test IoU after retraining.
@@ -27,6 +29,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import shutil
 import time
 from pathlib import Path
@@ -43,6 +46,7 @@ from napari_artseg.predictor import ArtSegModel
 from napari_artseg.retrain import CURATED_WEIGHT, DICE_WEIGHT
 from napari_artseg.synth import write_dataset
 from napari_artseg.training import train_pipeline
+from napari_artseg.training.saliency_cache import CACHE_ENV
 
 
 def make_set(folder: Path, n: int, size: int, seed: int) -> Path:
@@ -115,7 +119,10 @@ def corrected_model(name: str, chosen: list[str], corrector: str, preds: dict, t
             mask = truth if corrector == "truth" else stroke_correction(preds[image][0], truth,
                                                                         strokes)
             write_tiff(masks / image, mask.astype(np.uint8))
-    retrain_config = config.replace(curated_weight=CURATED_WEIGHT, dice_weight=DICE_WEIGHT)
+    # as `artseg train --project` does when no image was relabelled: the weak model's classifier
+    # is kept and only the U-Net learns from the corrections
+    retrain_config = config.replace(curated_weight=CURATED_WEIGHT, dice_weight=DICE_WEIGHT,
+                                    classifier_epochs=0)
     return train(train_set / "images", labels, work / name, retrain_config, masks, init=weak)
 
 
@@ -198,6 +205,7 @@ def main() -> None:
     args.overrides = [(k, json.loads(v) if v[:1] in "0123456789-[{tf" else v)
                       for k, v in (item.split("=", 1) for item in args.set)]
     work = Path(args.work)
+    os.environ.setdefault(CACHE_ENV, str(work.resolve() / "cache"))
     train_set = make_set(work / "train", args.n_train, args.size, 100)
     test = make_set(work / "test", args.n_test, args.size, 200)
     start = time.perf_counter()

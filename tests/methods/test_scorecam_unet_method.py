@@ -13,8 +13,10 @@ from napari_artseg.predictor import ArtSegModel
 
 def test_train_method_trains_scorecam_unet_from_a_labels_file(tiny_dataset, eval_set, tmp_path):
     events = []
+    # the pseudo-label threshold is pinned: on 16 images of 96 px the tiny classifier's maps are
+    # too weak for any rule to choose one well (pooled Otsu picked 0.40 here: map AUROC 0.51)
     config = preset("tiny", classifier_epochs=10, unet_epochs=6, self_training_rounds=0,
-                    pseudo_label_per_image=False, device="cpu")
+                    pseudo_label_threshold=0.5, device="cpu")
     folder = train_method("scorecam_unet", tiny_dataset / "images", tiny_dataset / "labels.csv",
                           tmp_path / "m", config, progress=events.append)
     assert folder == tmp_path / "m"
