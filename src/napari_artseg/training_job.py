@@ -63,14 +63,9 @@ def needs_no_labels(config: ArtSegConfig) -> bool:
 
 def new_model_folder(models_dir: Path, method: str) -> Path:
     """A model folder that does not exist yet: ``<UTC time>-<method>`` (``-2`` ... if taken)."""
-    from .cli.train_cmd import model_folder_name
+    from .cli.train_cmd import free_folder, model_folder_name
 
-    base = model_folder_name(method)
-    candidate, n = models_dir / base, 1
-    while candidate.exists():
-        n += 1
-        candidate = models_dir / f"{base}-{n}"
-    return candidate
+    return free_folder(models_dir, model_folder_name(method))
 
 
 class TrainingJob:

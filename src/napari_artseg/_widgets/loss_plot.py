@@ -8,7 +8,7 @@ the finished pixels on a label, so drawing ticks and text (50-700 ms on a busy
 
 from __future__ import annotations
 
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import numpy as np
@@ -47,7 +47,7 @@ class LossPlot(QLabel):
         self.points = 0
         self.redraws = 0
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="artseg-plot")
-        self._pending: Future | None = None
+        self._busy = False  # a render is out; only the GUI thread reads or sets this
         self._again = False
         self._rendered.connect(self._show_pixels)
         self._resize_timer = QTimer(self)
@@ -67,28 +67,46 @@ class LossPlot(QLabel):
         self.redraw()
 
     def redraw(self) -> None:
-        """Render :attr:`rows` in the helper thread (one render at a time, the latest wins)."""
-        if self._pending is not None and not self._pending.done():
+        """Render :attr:`rows` in the helper thread (one render at a time, the latest wins).
+
+        While a render is out, a request only marks that another is needed; the
+        finished render's hand-over (:meth:`_show_pixels`, GUI thread) starts it,
+        so no request is lost however the two threads interleave.
+        """
+        if self._busy:
             self._again = True
             return
         rows = list(self.rows)
         width, height = max(self.width(), 200), max(self.height(), 160)
-        self._pending = self._executor.submit(self._render, rows, width, height)
+        try:
+            self._executor.submit(self._render, rows, width, height)
+        except RuntimeError:  # the renderer was closed: the widget is going away
+            return
+        self._busy = True
 
     def _render(self, rows: list[dict[str, Any]], width: int, height: int) -> None:
-        """Helper thread: draw, then hand the pixels to the GUI thread by a queued signal."""
-        pixels = render_curves(rows, width, height)
+        """Helper thread: draw, then hand the pixels to the GUI thread by a queued signal.
+
+        Always hands something over (None when drawing failed), so the GUI
+        thread always learns that the render is finished.
+        """
+        try:
+            pixels = render_curves(rows, width, height)
+        except Exception:  # a plot is never worth an error dialog; the next epoch redraws
+            pixels = None
         points = sum(
             1 for r in rows for key in ("train_loss", "val_loss", "val_metric")
             if r.get(key) is not None)
         self._rendered.emit(pixels, points)
 
-    def _show_pixels(self, pixels: np.ndarray, points: int) -> None:
-        height, width = pixels.shape[:2]
-        image = QImage(pixels.data, width, height, 4 * width, QImage.Format.Format_RGBA8888)
-        self.setPixmap(QPixmap.fromImage(image.copy()))
-        self.points = points
-        self.redraws += 1
+    def _show_pixels(self, pixels: np.ndarray | None, points: int) -> None:
+        self._busy = False
+        if pixels is not None:
+            height, width = pixels.shape[:2]
+            image = QImage(pixels.data, width, height, 4 * width, QImage.Format.Format_RGBA8888)
+            self.setPixmap(QPixmap.fromImage(image.copy()))
+            self.points = points
+            self.redraws += 1
         if self._again:
             self._again = False
             self.redraw()

@@ -13,13 +13,14 @@ from ..training.events import ProgressEvent
 STAGES: dict[str, str] = {
     "classifier": "Classifier",
     "pseudo_labels": "Score-CAM pseudo-labels",
-    "pseudo_thresholds": "Pseudo-label thresholds",
     "unet": "U-Net",
     "self_training": "Self-training targets",
     "unet_finetune": "U-Net fine-tuning",
 }
-#: Titles of the other methods' stages; their bars are added when the stage first runs.
+#: Titles of optional stages and of the other methods' stages; their bars are added when the
+#: stage first runs (per-image deletion-test thresholds run only with ``pseudo_label_per_image``).
 OTHER_TITLES: dict[str, str] = {
+    "pseudo_thresholds": "Pseudo-label thresholds",
     "cdl_labels": "Conventional labels",
     "ae_ssim": "Autoencoder (AE-SSIM)",
     "padim": "PaDiM encoder",

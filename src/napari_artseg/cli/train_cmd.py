@@ -151,6 +151,15 @@ def model_folder_name(method: str) -> str:
     return dt.datetime.now(dt.timezone.utc).strftime("%Y%m%dT%H%M%SZ") + f"-{method}"
 
 
+def free_folder(parent: Path, name: str) -> Path:
+    """``parent/name``, or ``parent/name-2``, ``-3`` ... when taken (two runs in one second)."""
+    candidate, n = parent / name, 1
+    while candidate.exists():
+        n += 1
+        candidate = parent / f"{name}-{n}"
+    return candidate
+
+
 @dataclass(frozen=True)
 class TrainInputs:
     """What a run trains on and where its model goes."""
@@ -192,7 +201,8 @@ def resolve_inputs(args: argparse.Namespace, config: ArtSegConfig,
             raise ArtSegError("give either --project or --images/--labels, not both")
         project = Project.open(args.project)
         images, labels_path = project.image_folder, project.labels_path
-        out = Path(args.out) if args.out else project.models_dir / folder_name(config.method)
+        out = (Path(args.out) if args.out
+               else free_folder(project.models_dir, folder_name(config.method)))
         masks = args.masks or (project.masks_dir if project.masks_dir.is_dir() else None)
         if not args.masks and curated_images(project):
             return TrainInputs(images, {}, out, masks, project, retrain=True)
