@@ -45,7 +45,7 @@ from .export import current_model_folder
 from .image_files import read_image, read_mask
 from .model_files import read_model_document, rows_to_csv
 from .provenance import ProvenanceTable
-from .training.data import mask_path_for
+from .training.data import LABEL_VALUES, mask_path_for
 from .training.events import ProgressEvent
 from .training_job import TrainingJob
 
@@ -400,7 +400,7 @@ def retrain(
 
 def usable_labels(labels: dict[str, str]) -> dict[str, str]:
     """The ``clean`` / ``artifact`` labels of a label table (what trains a classifier)."""
-    return {k: v for k, v in labels.items() if v in ("clean", "artifact")}
+    return {k: v for k, v in labels.items() if v in LABEL_VALUES}
 
 
 def trained_labels(model_folder: str | os.PathLike) -> dict[str, str] | None:
