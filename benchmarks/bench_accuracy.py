@@ -24,6 +24,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from napari_artseg.atomic import atomic_write_text
 from napari_artseg.config import preset
 from napari_artseg.conventional import tune_detector
 from napari_artseg.image_files import read_image, read_mask
@@ -193,11 +194,9 @@ def main() -> None:
         k: (v, 0.0) for k, v in base.items()}
     table = markdown(results)
     print(table)
-    Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.json).write_text(json.dumps({"args": vars(args), "overrides": overrides,
-                                           "runs": runs, "baseline": base,
-                                           "baseline_settings": settings,
-                                           "table": table}, indent=2))
+    report = {"args": vars(args), "overrides": overrides, "runs": runs, "baseline": base,
+              "baseline_settings": settings, "table": table}
+    atomic_write_text(args.json, json.dumps(report, indent=2))
 
 
 if __name__ == "__main__":

@@ -23,6 +23,13 @@ Usage::
 
     python benchmarks/bench_corrections.py            # 160 train / 80 test at 256 px, 3 seeds
     python benchmarks/bench_corrections.py --quick    # a smoke run (tiny preset, minutes)
+
+Seeds can run as separate processes (one thread each on a 2-core machine) and be summarised
+together afterwards::
+
+    python benchmarks/bench_corrections.py --seeds 0 --threads 1 --json corr-0.json &
+    python benchmarks/bench_corrections.py --seeds 1 --threads 1 --json corr-1.json
+    python benchmarks/bench_corrections.py --merge corr-0.json corr-1.json
 """
 
 from __future__ import annotations
@@ -35,9 +42,11 @@ import time
 from pathlib import Path
 
 import numpy as np
+import torch
 from scipy import ndimage
 
 from napari_artseg.active_selection import mask_uncertainty, rank
+from napari_artseg.atomic import atomic_write_text
 from napari_artseg.config import preset
 from napari_artseg.image_files import read_image, read_mask, write_tiff
 from napari_artseg.labels_file import read_labels_csv
@@ -197,7 +206,15 @@ def main() -> None:
     parser.add_argument("--work", default="benchmarks/results/corrections-work")
     parser.add_argument("--json", default="benchmarks/results/corrections.json")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+    parser.add_argument("--threads", type=int, default=torch.get_num_threads(),
+                        help="torch threads of this process")
+    parser.add_argument("--merge", nargs="+", metavar="JSON",
+                        help="summarise the rows of earlier runs' JSON files and exit")
     args = parser.parse_args()
+    if args.merge:
+        merge(args.merge, args.json)
+        return
+    torch.set_num_threads(args.threads)
     if args.quick:
         args.seeds, args.n_train, args.n_test, args.size = [0], 24, 8, 96
         args.preset, args.budgets, args.active_k = "tiny", [2, 4], [2]
@@ -214,15 +231,29 @@ def main() -> None:
         rows.append(run_seed(seed, args, train_set, test, work))
         print(f"seed {seed}: " + ", ".join(f"{k} {v:.3f}" for k, v in rows[-1].items()),
               flush=True)
-    summary = summarise(rows, args.budgets)
+    save({k: v for k, v in vars(args).items()}, rows, args.budgets,
+         time.perf_counter() - start, Path(args.json))
+
+
+def save(run_args: dict, rows: list[dict[str, float]], budgets: list[int], seconds: float,
+         out: Path) -> None:
+    """Print the summary and write it as JSON and Markdown."""
+    summary = summarise(rows, budgets)
     text = markdown(summary, rows)
     print(text)
-    out = Path(args.json)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps({"args": {k: v for k, v in vars(args).items()}, "rows": rows,
-                               "summary": summary, "seconds": time.perf_counter() - start},
-                              indent=2, default=str) + "\n")
-    out.with_suffix(".md").write_text(text + "\n")
+    report = {"args": run_args, "rows": rows, "summary": summary, "seconds": seconds}
+    atomic_write_text(out, json.dumps(report, indent=2, default=str) + "\n")
+    atomic_write_text(out.with_suffix(".md"), text + "\n")
+
+
+def merge(files: list[str], out: str) -> None:
+    """Summarise the rows of several earlier runs (e.g. one process per seed) together."""
+    runs = [json.loads(Path(name).read_text()) for name in files]
+    rows = [row for run in runs for row in run["rows"]]
+    seeds = [seed for run in runs for seed in run["args"]["seeds"]]
+    run_args = {**runs[0]["args"], "seeds": seeds, "merged_from": files}
+    save(run_args, rows, runs[0]["args"]["budgets"], sum(run["seconds"] for run in runs),
+         Path(out))
 
 
 if __name__ == "__main__":

@@ -43,6 +43,8 @@ from pathlib import Path
 
 import numpy as np
 
+from napari_artseg.atomic import atomic_write_text
+
 
 def make_model(folder: Path, name: str) -> Path:
     """A model folder of preset ``name`` with random weights and a gate of 0."""
@@ -219,8 +221,7 @@ def main() -> None:
             "memory": peak_memory(small_model, root, memory_side),
         }
     report["machine"]["load_average_after"] = os.getloadavg()
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(report, indent=2) + "\n")
+    atomic_write_text(Path(args.out), json.dumps(report, indent=2) + "\n")
     p, b = report["per_image"], report["blocked"]
     print(f"serial {p['serial_per_image_s'] * 1000:.1f} ms/image, dask (1 worker) "
           f"{p['dask_1_worker_per_image_s'] * 1000:.1f} ms/image: overhead "

@@ -33,6 +33,7 @@ import torch
 
 import napari_artseg
 from bench_common import machine
+from napari_artseg.atomic import atomic_write_text
 from napari_artseg.config import preset
 from napari_artseg.device import resolve_device
 from napari_artseg.model_files import save_model
@@ -140,8 +141,7 @@ def main() -> int:
     print("|---|---|---|")
     for row in rows:
         print(f"| {row['path']} | {row['peak_rss_mb']:.0f} | {row['seconds_in_child']:.0f} |")
-    Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.json).write_text(json.dumps(report, indent=2))
+    atomic_write_text(Path(args.json), json.dumps(report, indent=2))
     worst = max(r["peak_rss_mb"] for r in rows if r["path"] != "load-only")
     print(f"largest prediction peak {worst:.0f} MB: "
           f"{'below' if worst < 3 * 1024 else 'ABOVE'} the 3 GB target")

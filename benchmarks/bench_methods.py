@@ -31,6 +31,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_accuracy import baseline, load_test, make_set, score
+from napari_artseg.atomic import atomic_path, atomic_write_text
 from napari_artseg.config import METHODS, preset
 from napari_artseg.methods import train_method
 from napari_artseg.metrics import precision_recall_curve
@@ -78,7 +79,7 @@ def train_all(train: Path, models: Path, methods: list[str], quick: bool,
                          masks_dir=train / "masks" if method == "supervised_unet" else None,
                          **changes)
             seconds = time.perf_counter() - start
-            (out / "bench_train_seconds.txt").write_text(f"{seconds:.1f}\n", encoding="utf-8")
+            atomic_write_text(out / "bench_train_seconds.txt", f"{seconds:.1f}\n")
         seconds = float((out / "bench_train_seconds.txt").read_text(encoding="utf-8"))
         if method == "ensemble":  # its members' training is part of its cost
             seconds += sum(done[m][1] for m in ("scorecam_unet", "ae_ssim"))
@@ -135,8 +136,8 @@ def plot(curves: dict[str, dict[str, list[float]]], path: Path, title: str) -> N
     ax.legend(fontsize=7, loc="upper right")
     ax.grid(alpha=0.3)
     fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format=path.suffix.lstrip("."))
     plt.close(fig)
 
 
@@ -201,8 +202,7 @@ def main() -> None:
               "torch_threads": torch.get_num_threads(), "rows": rows,
               "curves": curves, "table": table}
     out = HERE / "results" / f"methods{tag}.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=2, default=str) + "\n", encoding="utf-8")
+    atomic_write_text(out, json.dumps(result, indent=2, default=str) + "\n", encoding="utf-8")
     print(f"wrote {out} and {figure}")
 
 

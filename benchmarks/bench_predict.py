@@ -40,6 +40,7 @@ import tifffile
 import torch
 
 from bench_common import machine
+from napari_artseg.atomic import atomic_write_text
 from napari_artseg.cli.predict_cmd import InputImage, predict_one
 from napari_artseg.config import preset
 from napari_artseg.device import inference_copy, resolve_device
@@ -246,8 +247,7 @@ def main() -> int:
               f"{row['images_per_s']:.3f} | {row['useful_flops'] / row['seconds'] / 1e9:.0f} | "
               f"{row['useful_fraction_of_matmul']:.0%} | "
               f"{row['executed_fraction_of_matmul']:.0%} |")
-    Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.json).write_text(json.dumps(report, indent=2))
+    atomic_write_text(Path(args.json), json.dumps(report, indent=2))
     return 0
 
 

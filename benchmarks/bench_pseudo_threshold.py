@@ -26,6 +26,8 @@ import tifffile
 from skimage.filters import threshold_li, threshold_otsu, threshold_triangle
 from skimage.transform import resize
 
+from napari_artseg.atomic import atomic_write_text
+
 FIXED = (0.9, 0.8, 0.7, 0.6, 0.55, 0.5, 0.4, 0.3, 0.25, 0.2, 0.15, 0.1, 0.05, 0.02)
 RULES = {"otsu": threshold_otsu, "li": threshold_li, "triangle": threshold_triangle}
 
@@ -85,8 +87,8 @@ def main() -> None:
     for name, row in rows.items():
         print(f"{name:<22}{row['cut']:>7.3f}{row['iou']:>8.3f}{row['area']:>9.4f}")
     if args.json:
-        args.json.write_text(json.dumps({"model": str(args.model), "data": str(args.data),
-                                         "n_images": n, "rows": rows}, indent=1))
+        report = {"model": str(args.model), "data": str(args.data), "n_images": n, "rows": rows}
+        atomic_write_text(args.json, json.dumps(report, indent=1))
 
 
 if __name__ == "__main__":

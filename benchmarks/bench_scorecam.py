@@ -35,6 +35,7 @@ from pathlib import Path
 import torch
 
 from bench_common import drain, machine
+from napari_artseg.atomic import atomic_write_text
 from napari_artseg.config import preset
 from napari_artseg.device import resolve_device
 from napari_artseg.image_files import read_mask
@@ -264,8 +265,7 @@ def main() -> None:
         "approximate_modes": rows,
     }
     print_tables(report)
-    Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.json).write_text(json.dumps(report, indent=2))
+    atomic_write_text(Path(args.json), json.dumps(report, indent=2))
     ok = report["exact_max_abs_diff"] < 1e-4
     print(f"exact fast == reference within 1e-4: {ok}; speed-up {reference / exact_s:.2f}x "
           "(target >= 1.5x)")

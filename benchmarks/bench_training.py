@@ -36,6 +36,7 @@ from pathlib import Path
 import torch
 
 from bench_common import drain, machine
+from napari_artseg.atomic import atomic_write_text
 from napari_artseg.config import preset
 from napari_artseg.labels_file import read_labels_csv
 from napari_artseg.synth import write_dataset
@@ -126,8 +127,7 @@ def main() -> None:
         print(json.dumps(report["unet_epoch"], indent=1), flush=True)
     report["load_average_end"] = os.getloadavg()
     report["total_seconds"] = time.perf_counter() - started
-    Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.json).write_text(json.dumps(report, indent=1))
+    atomic_write_text(Path(args.json), json.dumps(report, indent=1))
     print(f"wrote {args.json} ({report['total_seconds']:.0f} s)")
 
 

@@ -16,6 +16,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 from matplotlib.colors import ListedColormap
 
+from napari_artseg.atomic import atomic_path
 from napari_artseg.synth import ARTIFACT_KINDS, generate_sample
 
 KIND_COLOURS = ["#e41a1c", "#377eb8", "#ff7f00", "#984ea3", "#4daf4a"]
@@ -48,8 +49,8 @@ def make_figure(out: Path, seed: int = 0, size: int = 512) -> Path:
     handles = [plt.Rectangle((0, 0), 1, 1, color=c) for c in KIND_COLOURS]
     fig.legend(handles, ARTIFACT_KINDS, loc="lower center", ncol=5, fontsize=11)
     fig.tight_layout(rect=(0, 0.02, 1, 1))
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, dpi=60)
+    with atomic_path(out) as tmp:
+        fig.savefig(tmp, dpi=60, format=out.suffix.lstrip("."))
     plt.close(fig)
     return out
 
