@@ -23,6 +23,7 @@ ANOMALY_METHODS = ("ae_ssim", "padim", "patchsvdd")
 POLARITIES = ("both", "dark", "bright")
 POOLS = ("avg", "avgmax")
 PSEUDO_LABEL_RULES = ("otsu", "deletion")
+GATE_RULES = ("joint", "classifier")
 
 
 @dataclass
@@ -79,6 +80,7 @@ class ArtSegConfig:
     # Thresholds (None: chosen on the validation split after training).
     pseudo_label_threshold: float | None = None
     gate_threshold: float | None = None
+    gate_rule: str = "joint"
     mask_threshold: float | None = None
     min_size_px: int | None = None
     min_size_um2: float | None = None
@@ -132,6 +134,7 @@ class ArtSegConfig:
             (self.scorecam_stage in (1, 2, 3, 4), "scorecam_stage must be 1, 2, 3 or 4"),
             (self.pseudo_label_rule in PSEUDO_LABEL_RULES,
              f"pseudo_label_rule must be one of {', '.join(PSEUDO_LABEL_RULES)}"),
+            (self.gate_rule in GATE_RULES, f"gate_rule must be one of {', '.join(GATE_RULES)}"),
             (self.self_training_rounds >= 0, "self_training_rounds must be >= 0"),
             (self.method in METHODS, f"method must be one of {', '.join(METHODS)}"),
             *self._method_checks(),

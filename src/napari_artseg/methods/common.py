@@ -17,7 +17,7 @@ from ..predictor import ArtSegModel
 from ..training.data import TrainingItem
 from ..training.ddp import barrier, is_rank_zero
 from ..training.events import ProgressEvent
-from ..training.thresholds import choose_gate_threshold, choose_mask_settings, f1_score
+from ..training.thresholds import choose_gate_and_mask, f1_score
 
 #: The minimum size (share of the image area) used when no validation image shows an artifact.
 FALLBACK_MIN_SIZE_FRACTION = 0.0005
@@ -100,11 +100,10 @@ def choose_thresholds(
 ) -> tuple[dict[str, float], dict[str, Any]]:
     """Gate, mask and minimum-size settings of any method, chosen on the validation split.
 
-    The gate maximises validation F1 of the gate score against the labels; the
-    mask threshold and minimum size as in
-    :func:`~napari_artseg.training.thresholds.choose_mask_settings` (items
-    without a ``target`` take no part in the IoU). Settings given in ``config``
-    win. Without an artifact image among the validation labels the gate and the
+    The gate, mask threshold and minimum size are searched together as in
+    :func:`~napari_artseg.training.thresholds.choose_gate_and_mask` (``gate_rule``
+    in the config; items without a ``target`` take no part in the IoU). Settings
+    given in ``config`` win. Without an artifact image among the validation labels the gate and the
     mask threshold fall back to 0.5 (the calibration's midpoint).
     """
     val_items = [items[i] for i in val_idx]
@@ -117,16 +116,15 @@ def choose_thresholds(
     scores = np.array(scores)
     report: dict[str, Any] = {}
     if labels.any():
-        gate = choose_gate_threshold(scores, labels)
         targets = [None if item.target is None else item.target[0].numpy() >= 0.5
                    for item in val_items]
         curated = np.array([item.curated for item in val_items])
-        threshold, fraction, report = choose_mask_settings(probs, labels, scores >= gate,
-                                                           targets, curated)
+        gate, threshold, fraction, report = choose_gate_and_mask(
+            scores, labels, probs, targets, curated, config.gate_rule, config.gate_threshold)
     else:
         gate, threshold, fraction = 0.5, 0.5, FALLBACK_MIN_SIZE_FRACTION
         report["note"] = "no artifact image in the validation split: calibration defaults"
-    gate = gate if config.gate_threshold is None else config.gate_threshold
+        gate = gate if config.gate_threshold is None else config.gate_threshold
     threshold = threshold if config.mask_threshold is None else config.mask_threshold
     median_area = float(np.median([np.prod(item.full_shape) for item in items]))
     min_size = config.min_size_px

@@ -44,7 +44,7 @@ from ..training.segmenter import (
     train_unet,
     unet_probability,
 )
-from ..training.thresholds import choose_gate_threshold, choose_mask_settings
+from ..training.thresholds import choose_gate_and_mask
 from .ddp import barrier, is_rank_zero
 from .events import ProgressEvent
 from .saliency_cache import SaliencyCache, default_cache_folder
@@ -121,14 +121,11 @@ def _choose_thresholds(classifier, unet, items, val_idx, config, device, pseudo)
     labels = np.array([item.label for item in val_items])
     scores = classifier_probabilities(classifier, global_views(val_items, config), device,
                                       amp=config.amp)
-    gate = config.gate_threshold
-    if gate is None:
-        gate = choose_gate_threshold(scores, labels)
     probs = [unet_probability(unet, item.image, config, device).cpu().numpy() for item in val_items]
     targets = [item.target[0].numpy() >= 0.5 for item in val_items]
     curated = np.array([item.curated for item in val_items])
-    threshold, fraction, report = choose_mask_settings(probs, labels, scores >= gate, targets,
-                                                       curated)
+    gate, threshold, fraction, report = choose_gate_and_mask(
+        scores, labels, probs, targets, curated, config.gate_rule, config.gate_threshold)
     if config.mask_threshold is not None:
         threshold = config.mask_threshold
     median_area = float(np.median([np.prod(item.full_shape) for item in items]))

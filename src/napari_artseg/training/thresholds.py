@@ -5,14 +5,26 @@ size maximise pixel IoU on them. Without, they maximise the image-level F1 of
 "the final mask is non-empty" against the labels, ties broken by IoU against the
 validation pseudo-labels (or, for a method without pixel targets, by closeness of
 the threshold to 0.5). Test data is never used.
+
+The gate is searched jointly with them (``gate_rule="joint"``): besides the
+cut-off that maximises the gate score's own F1, lower gates that let through
+the validation artifacts it misses, and no gate at all (every image reaches the
+U-Net, whose mask then decides), are tried, and the setting with the best
+objective wins (ties: the higher gate). ``gate_rule="classifier"`` keeps the
+F1-optimal cut-off alone.
 """
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
+from scipy import ndimage
 
-from ..postprocess import clean_mask
+from ..config import GATE_RULES
 
+#: At most this many lower gates (one per missed validation artifact) are tried besides no gate.
+MAX_LOWER_GATES = 8
 MASK_CANDIDATES = (0.1, 0.2, 0.3, 0.4, 0.45, 0.5, 0.6, 0.7, 0.8, 0.9)
 #: Minimum object sizes tried, as a share of the image area at the processing scale.
 MIN_SIZE_FRACTIONS = (0.0, 0.0002, 0.0005, 0.001, 0.002, 0.005)
@@ -37,6 +49,85 @@ def choose_gate_threshold(scores: np.ndarray, labels: np.ndarray) -> float:
         if key > best:
             best = key
     return float(best[2])
+
+
+def gate_candidates(scores: np.ndarray, labels: np.ndarray, rule: str = "joint") -> list[float]:
+    """The gate cut-offs a search tries, best first on ties.
+
+    Parameters
+    ----------
+    scores : numpy.ndarray
+        Validation gate scores (P(artifact)).
+    labels : numpy.ndarray
+        Validation image labels (1 artifact).
+    rule : str
+        ``classifier``: the F1-optimal cut-off alone. ``joint``: also the scores of
+        the validation artifacts it misses (highest first, at most
+        :data:`MAX_LOWER_GATES`) and 0 (no gate).
+    """
+    best = choose_gate_threshold(scores, labels)
+    if rule == "classifier":
+        return [best]
+    scores = np.asarray(scores, dtype=float)
+    labels = np.asarray(labels).astype(bool)
+    missed = sorted({float(s) for s in scores[labels & (scores < best)]}, reverse=True)
+    lower = [g for g in missed[:MAX_LOWER_GATES] if g > 0.0]
+    return [best, *lower] + ([0.0] if best > 0.0 else [])
+
+
+class _Components:
+    """Per image and mask threshold: object sizes and their overlap with the target.
+
+    Enough to score every minimum size and gate without labelling a map twice.
+    """
+
+    def __init__(self, probs: list[np.ndarray], targets: list[np.ndarray | None]):
+        self.pixels = [int(prob.size) for prob in probs]
+        self.target_sums = [0.0 if t is None else float(np.sum(t)) for t in targets]
+        self.stats: dict[tuple[int, float], tuple[np.ndarray, np.ndarray]] = {}
+        for i, (prob, target) in enumerate(zip(probs, targets, strict=True)):
+            for threshold in MASK_CANDIDATES:
+                labelled, count = ndimage.label(np.asarray(prob) >= threshold)
+                flat = labelled.ravel()
+                sizes = np.bincount(flat, minlength=count + 1)[1:]
+                overlap = (np.bincount(flat, weights=np.asarray(target).ravel().astype(float),
+                                       minlength=count + 1)[1:]
+                           if target is not None else np.zeros(count))
+                self.stats[i, threshold] = sizes, overlap
+
+    def kept(self, i: int, threshold: float, fraction: float) -> tuple[bool, float, float]:
+        """Whether image ``i``'s mask is non-empty, its area and its overlap with the target."""
+        sizes, overlap = self.stats[i, threshold]
+        min_size = int(round(fraction * self.pixels[i]))
+        keep = sizes >= min_size if min_size > 1 else np.ones(sizes.shape, bool)
+        return bool(keep.any()), float(sizes[keep].sum()), float(overlap[keep].sum())
+
+
+def _search_mask(components: _Components, labels: np.ndarray, gate_passed: np.ndarray,
+                 has_target: list[bool], curated: np.ndarray) -> tuple[tuple, float, float, dict]:
+    """The best mask threshold and minimum size for one gate, with its objective key."""
+    use_curated = bool(np.any(curated))
+    any_target = any(has_target)
+    best_key, best = None, (0.5, 0.0, {})
+    for threshold in MASK_CANDIDATES:
+        for fraction in MIN_SIZE_FRACTIONS:
+            nonempty, inter, union = [], 0.0, 0.0
+            for i, passed in enumerate(gate_passed):
+                present, area, overlap = (components.kept(i, threshold, fraction) if passed
+                                          else (False, 0.0, 0.0))
+                nonempty.append(present)
+                if has_target[i] and (curated[i] or not use_curated):
+                    inter += overlap
+                    union += area + components.target_sums[i] - overlap
+            iou = inter / union if union else 1.0
+            f1 = f1_score(np.array(nonempty, dtype=bool), labels)
+            key = (round(iou, 4), round(f1, 4)) if use_curated else (round(f1, 4), round(iou, 4))
+            if not any_target:
+                key = (round(f1, 4), -abs(threshold - 0.5))
+            if best_key is None or key > best_key:
+                best_key = key
+                best = (threshold, fraction, {"val_image_f1": f1, "val_target_iou": iou})
+    return best_key, *best
 
 
 def choose_mask_settings(
@@ -70,29 +161,57 @@ def choose_mask_settings(
     report : dict
         The objective values of the chosen setting.
     """
+    _, threshold, fraction, report = _search_mask(
+        _Components(probs, targets), np.asarray(labels).astype(bool), np.asarray(gate_passed),
+        [t is not None for t in targets], np.asarray(curated, dtype=bool))
+    return threshold, fraction, report
+
+
+def choose_gate_and_mask(
+    scores: np.ndarray,
+    labels: np.ndarray,
+    probs: list[np.ndarray],
+    targets: list[np.ndarray | None],
+    curated: np.ndarray,
+    rule: str = "joint",
+    gate: float | None = None,
+) -> tuple[float, float, float, dict[str, Any]]:
+    """Choose the gate, mask threshold and minimum size together on validation images.
+
+    Parameters
+    ----------
+    scores : numpy.ndarray
+        Gate scores (P(artifact)) of the validation images.
+    labels : numpy.ndarray
+        Image labels (1 artifact).
+    probs, targets, curated
+        As in :func:`choose_mask_settings`.
+    rule : str
+        ``joint`` or ``classifier`` (see :func:`gate_candidates`).
+    gate : float, optional
+        A fixed gate (a setting in the config): only the mask settings are searched.
+
+    Returns
+    -------
+    gate : float
+    threshold : float
+    min_size_fraction : float
+    report : dict
+        The objective values of the chosen setting and the number of gates tried.
+    """
+    if rule not in GATE_RULES:
+        raise ValueError(f"gate_rule must be one of {', '.join(GATE_RULES)}, not {rule!r}")
+    scores = np.asarray(scores, dtype=float)
     labels = np.asarray(labels).astype(bool)
-    use_curated = bool(np.any(curated))
-    any_target = any(t is not None for t in targets)
-    best_key, best = None, (0.5, 0.0, {})
-    for threshold in MASK_CANDIDATES:
-        for fraction in MIN_SIZE_FRACTIONS:
-            nonempty, inter, union = [], 0.0, 0.0
-            for prob, target, passed, is_curated in zip(
-                probs, targets, gate_passed, curated, strict=True
-            ):
-                min_size = int(round(fraction * prob.size))
-                mask = clean_mask(prob, threshold, min_size) if passed else np.zeros(prob.shape,
-                                                                                    bool)
-                nonempty.append(bool(mask.any()))
-                if target is not None and (is_curated or not use_curated):
-                    inter += float(np.sum(mask & target))
-                    union += float(np.sum(mask | target))
-            iou = inter / union if union else 1.0
-            f1 = f1_score(np.array(nonempty), labels)
-            key = (round(iou, 4), round(f1, 4)) if use_curated else (round(f1, 4), round(iou, 4))
-            if not any_target:
-                key = (round(f1, 4), -abs(threshold - 0.5))
-            if best_key is None or key > best_key:
-                best_key = key
-                best = (threshold, fraction, {"val_image_f1": f1, "val_target_iou": iou})
-    return best
+    candidates = [float(gate)] if gate is not None else gate_candidates(scores, labels, rule)
+    components = _Components(probs, targets)
+    has_target = [t is not None for t in targets]
+    curated = np.asarray(curated, dtype=bool)
+    best = None
+    for candidate in candidates:
+        key, threshold, fraction, report = _search_mask(components, labels, scores >= candidate,
+                                                        has_target, curated)
+        if best is None or key > best[0]:
+            best = (key, candidate, threshold, fraction, report)
+    _, chosen, threshold, fraction, report = best
+    return chosen, threshold, fraction, {**report, "gates_tried": len(candidates)}
