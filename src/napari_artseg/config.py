@@ -76,6 +76,8 @@ class ArtSegConfig:
     pseudo_label_rule: str = "otsu"
     pseudo_label_per_image: bool = False
     self_training_rounds: int = 1
+    # Fine-tuning (--init): pseudo-labelled images start from the parent U-Net's masks.
+    parent_mask_targets: bool = True
     pseudo_label_cache: bool = True
     # Thresholds (None: chosen on the validation split after training).
     pseudo_label_threshold: float | None = None

@@ -151,3 +151,41 @@ def test_self_training_is_skipped_when_every_target_is_a_curated_mask(tiny_datas
                                        preset("tiny"), masks_dir=tiny_dataset / "masks"))
     stages = {e.stage for e in events}
     assert "unet" in stages and not {"self_training", "unet_finetune"} & stages
+
+
+def test_fine_tuning_starts_pseudo_labelled_images_from_the_parent_masks(
+        tiny_dataset, labels, tmp_path, tiny_model, monkeypatch):
+    import torch
+
+    from napari_artseg.model_files import load_weights
+    from napari_artseg.training import pipeline
+    from napari_artseg.training.segmenter import build_unet
+
+    parent_unet = build_unet(preset("tiny"))
+    load_weights(tiny_model, "unet", parent_unet)
+    seen = []
+    real = pipeline.refresh_pseudo_targets
+
+    def recording(unet, items, config, device, *args):
+        seen.append({k: v.detach().cpu().clone() for k, v in unet.state_dict().items()})
+        return (yield from real(unet, items, config, device, *args))
+
+    monkeypatch.setattr(pipeline, "refresh_pseudo_targets", recording)
+    config = preset("tiny", self_training_rounds=0)
+    events, folder = run_all(train_pipeline(tiny_dataset / "images", labels, tmp_path / "m",
+                                            config, init=tiny_model))
+    stages = [e.message for e in events if e.kind == "stage"]
+    first = stages.index("targets from the parent model's masks")
+    assert first < stages.index("training the U-Net")
+    assert len(seen) == 1  # no self-training round: the only refresh is the parent's
+    for name, tensor in parent_unet.state_dict().items():
+        assert torch.equal(seen[0][name], tensor), name
+    report = json.loads((folder / "config.json").read_text())["pseudo_labels"]
+    assert 0.0 <= report["parent_mask_targets"] <= 1.0
+
+    seen.clear()
+    events, _ = run_all(train_pipeline(tiny_dataset / "images", labels, tmp_path / "m2",
+                                       config.replace(parent_mask_targets=False),
+                                       init=tiny_model))
+    assert not seen
+    assert "targets from the parent model's masks" not in [e.message for e in events]

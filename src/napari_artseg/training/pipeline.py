@@ -55,18 +55,23 @@ class TrainingCancelled(Exception):
 
 
 def _init_networks(init: Path | None, config: ArtSegConfig):
-    """Networks for the run: fresh, or loaded from a parent model (fine-tuning)."""
+    """Networks for the run: fresh, or loaded from a parent model (fine-tuning).
+
+    Returns the classifier, the U-Net, the parent's model id (None without one) and
+    whether the U-Net's weights came from the parent.
+    """
     from ..model_files import load_weights
 
     classifier, unet = build_classifier(config), build_unet(config)
-    parent = None
+    parent, parent_unet = None, False
     if init is not None:
         document = read_model_document(init)
         parent = document.get("model_id")
         load_weights(init, "classifier", classifier)
         if "unet" in document.get("components", []):
             load_weights(init, "unet", unet)
-    return classifier, unet, parent
+            parent_unet = True
+    return classifier, unet, parent, parent_unet
 
 
 def _manifest(items: list[TrainingItem], val_idx: list[int],
@@ -211,7 +216,7 @@ def train_scorecam_unet(
     counts = check_label_counts(items)
     train_idx, val_idx = stratified_split([i.label for i in items], config.val_fraction,
                                           config.seed)
-    classifier, unet, parent = _init_networks(Path(init) if init else None, config)
+    classifier, unet, parent, parent_unet = _init_networks(Path(init) if init else None, config)
     fine_tune_lr = config.learning_rate * 0.1 if init else None
     metadata: dict[str, Any] = {"parent": parent, "label_counts": counts,
                                 "pixel_size_um": pixel_size or config.pixel_size_um,
@@ -249,6 +254,14 @@ def train_scorecam_unet(
         pseudo_report.update(_cache_report(cache))
         cuts = {i: (own or {}).get(i) or pseudo for i in maps}
         rasters = _rasters(items, maps)
+        if parent_unet and config.parent_mask_targets and maps:
+            # fine-tuning: images nobody corrected start from the parent's own masks, which the
+            # parent's training (self-training included) made better than raw Score-CAM masks
+            yield ProgressEvent("self_training", kind="stage",
+                                message="targets from the parent model's masks")
+            unet.to(device)
+            found = yield from refresh_pseudo_targets(unet, items, config, device)
+            pseudo_report["parent_mask_targets"] = found["self_training_updated"]
         yield ProgressEvent("unet", kind="stage", message="training the U-Net",
                             metrics={"pseudo_label_threshold": pseudo, **pseudo_report})
         unet, fit_u = yield from train_unet(items, train_idx, val_idx, config, device, unet,
