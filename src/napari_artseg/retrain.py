@@ -1,8 +1,10 @@
 """Retrain from corrections (the MDL step of the human-in-the-loop loop), with a fixed held-out set.
 
 A project's curated masks supervise their images pixel by pixel; with
-ScoreCAM-U-Net the other artifact images get Score-CAM pseudo-labels, the clean
-ones zero targets (all through :func:`~napari_artseg.training.train_pipeline`,
+ScoreCAM-U-Net the other artifact images get the current model's own masks when it
+is fine-tuned (``parent_mask_targets``; Score-CAM pseudo-labels from scratch or where
+its map is empty), the clean ones zero targets (all through
+:func:`~napari_artseg.training.train_pipeline`,
 which trains any method: with ``cdl`` the detector labels the images without a
 curated mask, ``supervised_unet`` trains on the curated masks and the clean
 images). Fine-tuning keeps the current model's method; a model whose method

@@ -100,8 +100,9 @@ class TrainingWidget(QWidget):
         retrain_row = QHBoxLayout()
         self.retrain_button = QPushButton("Retrain with curated masks")
         self.retrain_button.setToolTip(
-            "Curated masks supervise their images, pseudo-labels the rest; fine-tunes the "
-            "current model and reports IoU on held-out curated masks before and after")
+            "Curated masks supervise their images, the current model's own masks the rest; "
+            "fine-tunes the current model and reports IoU on held-out curated masks before and "
+            "after")
         self.retrain_button.setFocusPolicy(Qt.FocusPolicy.NoFocus)
         self.retrain_button.clicked.connect(self.start_retrain)
         self.scratch_box = QCheckBox("from scratch")
