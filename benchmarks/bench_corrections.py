@@ -30,6 +30,15 @@ together afterwards::
     python benchmarks/bench_corrections.py --seeds 0 --threads 1 --json corr-0.json &
     python benchmarks/bench_corrections.py --seeds 1 --threads 1 --json corr-1.json
     python benchmarks/bench_corrections.py --merge corr-0.json corr-1.json
+
+A variant of the retrain (``--set``) gets its own correction folders with ``--tag`` while the
+weak and supervised models of the work folder are reused, e.g. the retrain as it was first
+built (before ``parent_mask_targets``, ``curated_validation`` and ``fine_tune_lr_factor`` 1.0),
+at 10 corrections only::
+
+    python benchmarks/bench_corrections.py --budgets 10 --active-k --tag before- \
+        --set parent_mask_targets=false --set curated_validation=false \
+        --set fine_tune_lr_factor=0.1
 """
 
 from __future__ import annotations
@@ -117,7 +126,24 @@ def predictions(model_folder: Path, train_set: Path, images: list[str],
     return out
 
 
-def corrected_model(name: str, chosen: list[str], corrector: str, preds: dict, train_set: Path,
+class LazyPredictions:
+    """:func:`predictions`, computed on first use (a rerun whose folders exist skips them)."""
+
+    def __init__(self, *args) -> None:
+        self.args = args
+        self.value: dict[str, tuple[np.ndarray, float]] | None = None
+
+    def get(self) -> dict[str, tuple[np.ndarray, float]]:
+        """The predictions, computed once."""
+        if self.value is None:
+            self.value = predictions(*self.args)
+        return self.value
+
+    def __getitem__(self, image: str) -> tuple[np.ndarray, float]:
+        return self.get()[image]
+
+
+def corrected_model(name: str, chosen: list[str], corrector: str, preds, train_set: Path,
                     labels: dict, weak: Path, work: Path, config, strokes: int) -> Path:
     """Write the corrections of ``chosen`` as curated masks and fine-tune the weak model."""
     masks = work / f"masks-{name}"
@@ -145,22 +171,22 @@ def run_seed(seed: int, args, train_set: Path, test: Path, work: Path) -> dict[s
     upper = train(train_set / "images", labels, work / "supervised", config,
                   masks=train_set / "masks")
     row = {"weak": test_iou(weak, test), "supervised": test_iou(upper, test)}
-    preds = predictions(weak, train_set, artifacts, saliency=True)
+    preds = LazyPredictions(weak, train_set, artifacts, True)
     rng = np.random.default_rng(1000 + seed)
     random_order = [artifacts[i] for i in rng.permutation(len(artifacts))]
     for k in args.budgets:
         for corrector in ("strokes", "truth"):
-            folder = corrected_model(f"{corrector}-{k}", random_order[:k], corrector, preds,
-                                     train_set, labels, weak, work, config, args.strokes)
+            folder = corrected_model(f"{args.tag}{corrector}-{k}", random_order[:k], corrector,
+                                     preds, train_set, labels, weak, work, config, args.strokes)
             row[f"{corrector}_{k}"] = test_iou(folder, test)
-    active_order = rank({image: uncertainty for image, (_, uncertainty) in preds.items()})
     for k in args.active_k:
+        active_order = rank({image: uncertainty for image, (_, uncertainty) in preds.get().items()})
         for order_name, order in (("active", active_order), ("random", random_order)):
             if order_name == "random" and f"strokes_{k}" in row:  # the same images, same strokes
                 row[f"random_{k}"] = row[f"strokes_{k}"]
                 continue
-            folder = corrected_model(f"{order_name}-{k}", order[:k], "strokes", preds, train_set,
-                                     labels, weak, work, config, args.strokes)
+            folder = corrected_model(f"{args.tag}{order_name}-{k}", order[:k], "strokes", preds,
+                                     train_set, labels, weak, work, config, args.strokes)
             row[f"{order_name}_{k}"] = test_iou(folder, test)
     return row
 
@@ -201,11 +227,13 @@ def main() -> None:
     parser.add_argument("--size", type=int, default=256)
     parser.add_argument("--preset", default="fast")
     parser.add_argument("--budgets", type=int, nargs="+", default=[10, 30])
-    parser.add_argument("--active-k", type=int, nargs="+", default=[5, 10, 20])
+    parser.add_argument("--active-k", type=int, nargs="*", default=[5, 10, 20],
+                        help="active-selection budgets (none: skip the comparison)")
     parser.add_argument("--strokes", type=int, default=5, help="brush strokes per image")
     parser.add_argument("--work", default="benchmarks/results/corrections-work")
     parser.add_argument("--json", default="benchmarks/results/corrections.json")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+    parser.add_argument("--tag", default="", help="prefix of the correction arms' folders")
     parser.add_argument("--threads", type=int, default=torch.get_num_threads(),
                         help="torch threads of this process")
     parser.add_argument("--merge", nargs="+", metavar="JSON",

@@ -56,6 +56,9 @@ class ArtSegConfig:
     unet_epochs: int = 30
     batch_size: int = 8
     learning_rate: float = 0.002
+    # Fine-tuning a parent model (--init, a project retrain) trains at this share of
+    # learning_rate (docs/loop.md: 1.0 let 10 corrections move the U-Net further than 0.1).
+    fine_tune_lr_factor: float = 1.0
     lr_patience: int = 5
     lr_factor: float = 0.1
     early_stop_patience: int = 12
@@ -78,6 +81,9 @@ class ArtSegConfig:
     self_training_rounds: int = 1
     # Fine-tuning (--init): pseudo-labelled images start from the parent U-Net's masks.
     parent_mask_targets: bool = True
+    # With curated artifact masks in the validation split, only human-given targets
+    # (curated masks, clean labels) choose the U-Net's best epoch.
+    curated_validation: bool = True
     pseudo_label_cache: bool = True
     # Thresholds (None: chosen on the validation split after training).
     pseudo_label_threshold: float | None = None
@@ -125,6 +131,7 @@ class ArtSegConfig:
             (self.classifier_epochs >= 0 and self.unet_epochs >= 0, "epochs must be >= 0"),
             (self.batch_size >= 1, "batch_size must be >= 1"),
             (self.learning_rate > 0, "learning_rate must be > 0"),
+            (self.fine_tune_lr_factor > 0, "fine_tune_lr_factor must be > 0"),
             (0 < self.val_fraction < 1, "val_fraction must be between 0 and 1"),
             (self.device in DEVICES, f"device must be one of {', '.join(DEVICES)}"),
             (self.scorecam_weighting in WEIGHTINGS,
@@ -202,6 +209,22 @@ class ArtSegConfig:
     def replace(self, **changes: Any) -> ArtSegConfig:
         """A copy with some fields changed (validated)."""
         return dataclasses.replace(self, **changes).validate()
+
+    def start_learning_rate(self, fine_tuning: bool) -> float | None:
+        """The learning rate a network starts at: reduced when fine-tuning a parent.
+
+        Parameters
+        ----------
+        fine_tuning : bool
+            True when the network starts from a parent model's weights.
+
+        Returns
+        -------
+        float or None
+            ``learning_rate * fine_tune_lr_factor`` when fine-tuning, else None
+            (the trainer's default, ``learning_rate``).
+        """
+        return self.learning_rate * self.fine_tune_lr_factor if fine_tuning else None
 
 
 #: Integer settings that also accept the word "auto".

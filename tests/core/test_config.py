@@ -28,7 +28,7 @@ def test_paper_preset_matches_the_paper():
     ("changes", "word"),
     [({"input_size": 100}, "input_size"), ({"device": "tpu"}, "device"),
      ({"mask_threshold": 1.5}, "mask_threshold"), ({"resnet_depth": 20}, "resnet_depth"),
-     ({"tile_halo": 200}, "tile_halo")],
+     ({"tile_halo": 200}, "tile_halo"), ({"fine_tune_lr_factor": 0}, "fine_tune_lr_factor")],
 )
 def test_bad_values_name_the_field(changes, word):
     with pytest.raises(ArtSegError, match=word):
@@ -48,3 +48,9 @@ def test_from_dict_refuses_unknown_fields_and_wrong_types():
 def test_unknown_preset():
     with pytest.raises(ArtSegError, match="unknown preset"):
         preset("huge")
+
+
+def test_fine_tuning_starts_at_the_fine_tune_share_of_the_learning_rate():
+    config = preset("fast", learning_rate=0.004, fine_tune_lr_factor=0.5)
+    assert config.start_learning_rate(True) == pytest.approx(0.002)
+    assert config.start_learning_rate(False) is None

@@ -189,3 +189,17 @@ def test_fine_tuning_starts_pseudo_labelled_images_from_the_parent_masks(
                                        init=tiny_model))
     assert not seen
     assert "targets from the parent model's masks" not in [e.message for e in events]
+
+
+def test_fine_tuning_trains_at_the_fine_tune_share_of_the_learning_rate(
+        tiny_dataset, labels, tmp_path, tiny_model):
+    config = preset("tiny", self_training_rounds=0, learning_rate=0.004, fine_tune_lr_factor=0.5)
+    _, folder = run_all(train_pipeline(tiny_dataset / "images", labels, tmp_path / "m", config,
+                                       init=tiny_model))
+    for table in ("history_classifier", "history_unet"):
+        first = (folder / f"{table}.csv").read_text().splitlines()[1].split(",")
+        header = (folder / f"{table}.csv").read_text().splitlines()[0].split(",")
+        assert float(first[header.index("lr")]) == pytest.approx(0.002), table
+    _, scratch = run_all(train_pipeline(tiny_dataset / "images", labels, tmp_path / "s", config))
+    rows = (scratch / "history_unet.csv").read_text().splitlines()
+    assert float(rows[1].split(",")[rows[0].split(",").index("lr")]) == pytest.approx(0.004)

@@ -108,7 +108,7 @@ class ScoreCAMAlone(Method):
             yield ProgressEvent("classifier", kind="stage", message="training the classifier")
             classifier, fit = yield from train_classifier(
                 items, train_idx, val_idx, config, run.device, classifier,
-                config.learning_rate * 0.1 if init else None)
+                config.start_learning_rate(bool(init)))
             run.networks["classifier"] = classifier
             run.tables["history_classifier"] = fit.history
             run.tables["manifest"] = manifest(items, val_idx)

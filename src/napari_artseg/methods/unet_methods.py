@@ -54,7 +54,7 @@ def train_unet_run(
     try:
         yield ProgressEvent("unet", kind="stage", message="training the U-Net")
         unet, fit = yield from train_unet(items, train_idx, val_idx, config, run.device, unet,
-                                          config.learning_rate * 0.1 if init else None)
+                                          config.start_learning_rate(bool(init)))
         run.networks["unet"] = unet
         run.tables["history_unet"] = fit.history
         run.tables["manifest"] = manifest(items, val_idx, targets)

@@ -217,7 +217,7 @@ def train_scorecam_unet(
     train_idx, val_idx = stratified_split([i.label for i in items], config.val_fraction,
                                           config.seed)
     classifier, unet, parent, parent_unet = _init_networks(Path(init) if init else None, config)
-    fine_tune_lr = config.learning_rate * 0.1 if init else None
+    fine_tune_lr = config.start_learning_rate(bool(init))
     metadata: dict[str, Any] = {"parent": parent, "label_counts": counts,
                                 "pixel_size_um": pixel_size or config.pixel_size_um,
                                 "n_curated_masks": sum(i.curated for i in items)}

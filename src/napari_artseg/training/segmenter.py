@@ -66,6 +66,34 @@ def segmentation_loss(
     return loss
 
 
+def judged_validation(items: list[TrainingItem], val_idx: list[int], enabled: bool) -> list[int]:
+    """The validation images whose targets judge the U-Net's epochs.
+
+    When the validation split holds a curated mask of an artifact image, only the
+    images whose targets come from a person judge: curated masks and images
+    labelled clean (their zero target is a label). Pseudo-labels, and the parent
+    model's own masks, would otherwise pull the chosen epoch back toward the model
+    that made them. Without such a mask, or with ``enabled`` false, all of them.
+
+    Parameters
+    ----------
+    items : list of TrainingItem
+        All training items.
+    val_idx : list of int
+        The validation split.
+    enabled : bool
+        ``config.curated_validation``.
+
+    Returns
+    -------
+    list of int
+        Indices into ``items``.
+    """
+    if enabled and any(items[i].curated and items[i].label == 1 for i in val_idx):
+        return [i for i in val_idx if items[i].curated or items[i].label == 0]
+    return list(val_idx)
+
+
 def train_unet(
     items: list[TrainingItem],
     train_idx: list[int],
@@ -81,7 +109,8 @@ def train_unet(
     Each epoch draws as many random ``input_size`` crops as there are training
     images, artifact images as often as clean ones when ``config.balance_classes``.
     Curated targets weigh ``config.curated_weight`` times more than pseudo-labels.
-    Validation runs the tiled prediction over the whole validation images.
+    Validation runs the tiled prediction over the whole validation images: over
+    those with targets a person gave (see :func:`judged_validation`).
     """
     missing = [items[i].key for i in (*train_idx, *val_idx) if items[i].target is None]
     if missing:
@@ -114,9 +143,11 @@ def train_unet(
     def loss_fn(logits: torch.Tensor, batch) -> torch.Tensor:
         return segmentation_loss(logits, batch[1], batch[2], config.dice_weight)
 
+    judged = judged_validation(items, val_idx, config.curated_validation)
+
     def validate(net: torch.nn.Module) -> dict[str, float]:
         losses, inter, union = [], 0.0, 0.0
-        for i in val_idx:
+        for i in judged:
             prob = unet_probability(net, items[i].image, config, device).cpu().clamp(1e-6, 1 - 1e-6)
             target = items[i].target[0]
             bce = -(target * prob.log() + (1 - target) * (1 - prob).log()).mean()
