@@ -211,7 +211,7 @@ class ArtSegConfig:
         return dataclasses.replace(self, **changes).validate()
 
     def start_learning_rate(self, fine_tuning: bool) -> float | None:
-        """The learning rate a network starts at: reduced when fine-tuning a parent.
+        """The learning rate a network starts at: ``fine_tune_lr_factor`` of it when fine-tuning.
 
         Parameters
         ----------

@@ -109,8 +109,9 @@ def train_unet(
     Each epoch draws as many random ``input_size`` crops as there are training
     images, artifact images as often as clean ones when ``config.balance_classes``.
     Curated targets weigh ``config.curated_weight`` times more than pseudo-labels.
-    Validation runs the tiled prediction over the whole validation images: over
-    those with targets a person gave (see :func:`judged_validation`).
+    Validation runs the tiled prediction over the whole validation images (only
+    those with targets a person gave once a curated artifact mask is among them:
+    :func:`judged_validation`).
     """
     missing = [items[i].key for i in (*train_idx, *val_idx) if items[i].target is None]
     if missing:
