@@ -54,6 +54,7 @@ import numpy as np
 import torch
 from scipy import ndimage
 
+from bench_common import drain
 from napari_artseg.active_selection import mask_uncertainty, rank
 from napari_artseg.atomic import atomic_write_text
 from napari_artseg.config import preset
@@ -82,12 +83,7 @@ def train(images: Path, labels: dict, out: Path, config, masks: Path | None = No
         return out
     if out.exists():
         shutil.rmtree(out)
-    generator = train_pipeline(images, labels, out, config, masks_dir=masks, init=init)
-    try:
-        while True:
-            next(generator)
-    except StopIteration as stop:
-        return stop.value
+    return drain(train_pipeline(images, labels, out, config, masks_dir=masks, init=init))
 
 
 def test_iou(folder: Path, test: Path) -> float:

@@ -31,6 +31,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_accuracy import load_test, score
+from bench_common import drain
 from napari_artseg.atomic import atomic_write_text
 from napari_artseg.config import GATE_RULES
 from napari_artseg.image_files import read_mask
@@ -50,12 +51,8 @@ def validation_data(model: ArtSegModel, folder: Path, train: Path):
     labels = read_labels_csv(train / "labels.csv").labels
     with open(folder / "manifest.csv", newline="", encoding="utf-8") as handle:
         names = [row["image"] for row in csv.DictReader(handle) if row["split"] == "val"]
-    loading = load_training_items(train / "images", {n: labels[n] for n in names}, config, None)
-    try:
-        while True:
-            next(loading)
-    except StopIteration as stop:
-        items, _ = stop.value
+    items, _ = drain(load_training_items(train / "images", {n: labels[n] for n in names}, config,
+                                         None))
     device = torch.device("cpu")
     scores = classifier_probabilities(model.classifier, global_views(items, config), device)
     probs = [unet_probability(model.unet, item.image, config, device).numpy() for item in items]

@@ -1,6 +1,7 @@
 """The U-Net's epochs are judged on human-given targets when curated masks are in validation."""
 
 import torch
+from generator_helpers import drain
 
 from napari_artseg.config import preset
 from napari_artseg.training.data import TrainingItem
@@ -24,14 +25,6 @@ def test_only_curated_and_clean_images_judge_when_a_curated_artifact_is_in_valid
     assert judged_validation(items, [0, 1, 3], True) == [0, 1, 3]
 
 
-def run(generator):
-    while True:
-        try:
-            next(generator)
-        except StopIteration as stop:
-            return stop.value
-
-
 def curated_iou(net, curated):
     prob = unet_probability(net, curated.image, preset("tiny"), torch.device("cpu")).cpu()
     pred, truth = prob >= 0.5, curated.target[0] >= 0.5
@@ -46,9 +39,9 @@ def test_validation_metrics_come_from_the_curated_mask_not_the_pseudo_label():
     curated = item("curated-artifact", 1, True, 1.0)
     items = [item("train-a", 1, True, 1.0), item("train-clean", 0, False), pseudo, curated]
     config = preset("tiny").replace(unet_epochs=1, augment=False)
-    net, fit = run(train_unet(items, [0, 1], [2, 3], config, torch.device("cpu")))
+    net, fit = drain(train_unet(items, [0, 1], [2, 3], config, torch.device("cpu")))
     assert fit.history[0]["val_iou"] == curated_iou(net, curated)
 
-    net, fit = run(train_unet(items, [0, 1], [2, 3], config.replace(curated_validation=False),
+    net, fit = drain(train_unet(items, [0, 1], [2, 3], config.replace(curated_validation=False),
                               torch.device("cpu")))
     assert fit.history[0]["val_iou"] != curated_iou(net, curated)
