@@ -5,7 +5,9 @@ the classifier of a model folder given with ``--model``) and the same views:
 
 1. exact fast mode (``scorecam``) vs the reference loop (``scorecam_reference``):
    maximum absolute difference (must be < 1e-4 in fp32) and speed-up (target >= 1.5x);
-2. a batch-size / option sweep of the exact mode, and the batch size that
+2. a sweep of the exact mode (batch sizes; one pass stream using every thread
+   instead of one single-thread worker per thread; batch norms not folded;
+   row-major instead of ``channels_last``), and the batch size that
    ``batch_size="auto"`` measures;
 3. approximations (top-N channels, reduced-resolution scoring, both) vs exact:
    speed-up (target >= 8x) and pseudo-mask IoU against the true synthetic masks
@@ -19,6 +21,8 @@ and the fastest round is kept, because the machine may be shared.
 Usage::
 
     python benchmarks/bench_scorecam.py --quick
+    python benchmarks/bench_scorecam.py --threads 1 \
+        --json benchmarks/results/perf_scorecam_1thread.json
     python benchmarks/bench_scorecam.py --model path/to/model_folder
 """
 
@@ -42,7 +46,8 @@ from napari_artseg.image_files import read_mask
 from napari_artseg.labels_file import read_labels_csv
 from napari_artseg.normalize import mask_to_scale
 from napari_artseg.scorecam import scorecam, scorecam_reference
-from napari_artseg.scorecam_tuning import choose_batch_size, clear_cache, model_signature
+from napari_artseg.scorecam_passes import CpuWorkers, resolve_workers
+from napari_artseg.scorecam_tuning import clear_cache, resolve_batch_size, scoring_network
 from napari_artseg.synth import write_dataset
 from napari_artseg.training.classifier import build_classifier, train_classifier
 from napari_artseg.training.data import global_view, load_training_items, stratified_split
@@ -197,9 +202,10 @@ def main() -> None:
     scorecam(classifier, speed_views[0][None], batch_size="auto", weighting=args.weighting)
     auto_seconds = time.perf_counter() - start
     sample = (1, config.input_size, config.input_size)
-    # the cached choice of the call above (found in the cache, nothing is timed again)
-    auto_batch = choose_batch_size(classifier, sample, k, device,
-                                   signature=model_signature(classifier))
+    workers = resolve_workers("auto", device, k)
+    with CpuWorkers(workers) as pool:  # the cached choice of the call above: nothing is timed
+        auto_batch = resolve_batch_size("auto", scoring_network(classifier, True, True), sample,
+                                        k, device, False, True, classifier, pool)
     batches = sorted({1, 16, k} if args.quick else {1, 4, 16, 32, 64, k})
     weighting = args.weighting
     exact = {"reference (one channel per pass)": lambda x: scorecam_reference(
@@ -208,11 +214,16 @@ def main() -> None:
                                                 weighting=weighting)}
     exact.update({f"exact, batch {b}": (lambda x, b=b: scorecam(
         classifier, x, batch_size=b, weighting=weighting)) for b in batches})
+    if workers > 1:
+        exact[f"exact, batch {auto_batch}, 1 worker of {args.threads} threads"] = (
+            lambda x: scorecam(classifier, x, batch_size=auto_batch, workers=1,
+                               weighting=weighting))
     exact[f"exact, batch {auto_batch}, batch norms not folded"] = (lambda x: scorecam(
         classifier, x, batch_size=auto_batch, fold_batch_norm=False, weighting=weighting))
-    exact[f"exact, batch {auto_batch}, channels_last"] = (lambda x: scorecam(
-        classifier, x, batch_size=auto_batch, channels_last=True, weighting=weighting))
-    print(f"exact modes on {len(speed_views)} views (s/image; auto chose batch {auto_batch} "
+    exact[f"exact, batch {auto_batch}, not channels_last"] = (lambda x: scorecam(
+        classifier, x, batch_size=auto_batch, channels_last=False, weighting=weighting))
+    print(f"exact modes on {len(speed_views)} views, {workers} worker(s) of "
+          f"{max(1, args.threads // workers)} thread(s) (s/image; auto chose batch {auto_batch} "
           f"in {auto_seconds:.1f} s including its first map):", flush=True)
     speed, exact_maps = interleaved(exact, speed_views, args.rounds)
     ref_maps = exact_maps["reference (one channel per pass)"]
@@ -258,7 +269,7 @@ def main() -> None:
         "command": " ".join(["python", *sys.argv]), "machine": machine(),
         "load_average_at_start": load_at_start, "args": vars(args),
         "k_channels": k, "dead_channels_per_view": dead, "n_speed_views": len(speed_views),
-        "n_iou_views": len(views), "auto_batch_size": auto_batch,
+        "n_iou_views": len(views), "auto_batch_size": auto_batch, "workers": workers,
         "auto_first_call_seconds": auto_seconds, "exact_modes": table,
         "exact_speedup_vs_reference": reference / exact_s,
         "exact_max_abs_diff": diffs["exact, batch auto"],

@@ -16,7 +16,9 @@ Speed and memory of :func:`scorecam` (exact unless stated)
 - Masks are built chunk by chunk into one reused buffer of ``batch_size``
   masked inputs, so memory does not grow with K.
 - Masked passes run through a copy of the classifier with batch norms folded
-  into the convolutions (float rounding only); optional ``channels_last``.
+  into the convolutions and ``channels_last`` weights (float rounding only).
+- On a CPU with several torch threads, each thread becomes a worker that runs
+  its share of the channels single-threaded (:mod:`napari_artseg.scorecam_passes`).
 - ``batch_size="auto"`` measures the fastest batch size once per process
   (:mod:`napari_artseg.scorecam_tuning`); on CUDA the batch is capped by free
   memory and bf16 autocast is available (``amp=True``, not exact).
@@ -50,7 +52,7 @@ from torch import nn
 from napari_artseg.models.resnet import ResNetClassifier
 
 if TYPE_CHECKING:
-    from napari_artseg.scorecam_tuning import MaskedPasses
+    from napari_artseg.scorecam_passes import MaskedPasses
 
 WEIGHTINGS: tuple[str, ...] = ("probability", "softmax", "baseline")
 """Accepted values of the ``weighting`` argument."""
@@ -211,7 +213,8 @@ def scorecam(
     score_scale: float = 1.0,
     fold_batch_norm: bool = True,
     amp: bool = False,
-    channels_last: bool = False,
+    channels_last: bool = True,
+    workers: int | str = "auto",
 ) -> torch.Tensor:
     """Score-CAM saliency maps of the artifact class, memory-bounded and batched.
 
@@ -253,7 +256,13 @@ def scorecam(
     amp : bool
         bf16 autocast of the forward passes on CUDA (not exact); ignored elsewhere.
     channels_last : bool
-        Masked passes in ``channels_last`` memory format (a copy of the weights).
+        Masked passes in ``channels_last`` memory format (a copy of the weights;
+        measured faster on this project's CPU, docs/performance.md).
+    workers : int or "auto"
+        On a CPU, threads that share each image's masked passes, each with its
+        share of the caller's torch threads (``"auto"``: one per torch thread,
+        so each runs single-threaded); elsewhere ignored. The logits do not
+        depend on it. See :mod:`napari_artseg.scorecam_passes`.
 
     Returns
     -------
@@ -264,16 +273,11 @@ def scorecam(
     Raises
     ------
     ValueError
-        For a bad ``weighting``, ``batch_size``, ``max_channels`` or
-        ``score_scale``, or ``images`` that are not 4-D.
+        For a bad ``weighting``, ``batch_size``, ``max_channels``,
+        ``score_scale`` or ``workers``, or ``images`` that are not 4-D.
     """
-    from .scorecam_tuning import (
-        MaskedPasses,
-        choose_batch_size,
-        cuda_batch_limit,
-        model_signature,
-        scoring_network,
-    )
+    from .scorecam_passes import CpuWorkers, MaskedPasses, resolve_workers
+    from .scorecam_tuning import resolve_batch_size, scoring_network
 
     _check_args(images, weighting)
     _check_options(batch_size, max_channels, score_scale)
@@ -282,17 +286,14 @@ def scorecam(
     sample = (channels, *size)
     k = model.num_feature_channels if max_channels is None else min(
         max_channels, model.num_feature_channels)
-    with _EvalMode(model):
+    count = resolve_workers(workers, images.device, k)
+    with _EvalMode(model), CpuWorkers(count) as pool:
         network = scoring_network(model, fold_batch_norm, channels_last)
         with torch.inference_mode():
-            if batch_size == "auto":
-                batch = choose_batch_size(network, sample, k, images.device, amp, channels_last,
-                                          signature=model_signature(model))
-            else:
-                batch = min(int(batch_size), k,
-                            cuda_batch_limit(network, sample, images.device, amp))
-            passes = MaskedPasses(network, channels, size, max(1, batch), images, amp,
-                                   channels_last)
+            batch = resolve_batch_size(batch_size, network, sample, k, images.device, amp,
+                                       channels_last, model, pool)
+            passes = MaskedPasses(network, channels, size, batch, images, amp, channels_last,
+                                  pool)
             maps = [_scorecam_one(model, images[i], passes, weighting, skip_dead, max_channels)
                     for i in range(n)]
             result = (

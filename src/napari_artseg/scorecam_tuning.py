@@ -1,4 +1,4 @@
-"""Score-CAM's masked passes: the scoring network, the batch size, the chunked runner.
+"""Score-CAM's masked passes: the scoring network and the batch size.
 
 Score-CAM spends nearly all its time in masked forward passes through the
 classifier. Two things make those passes faster without changing their result
@@ -14,8 +14,8 @@ beyond float rounding, and one chooses how many run at a time:
   trigger any timing.
 - :func:`cuda_batch_limit`: on CUDA, the largest batch that fits in a share of
   the free memory, from the measured peak memory of a pass with one input.
-- :class:`MaskedPasses`: runs the masked passes chunk by chunk through one
-  reused buffer, so memory does not grow with the number of channels.
+
+The passes themselves run in :mod:`napari_artseg.scorecam_passes`.
 """
 
 from __future__ import annotations
@@ -24,13 +24,15 @@ import copy
 import math
 import time
 from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from .device import autocast
-from .scorecam import EPS, upsample_to
+
+if TYPE_CHECKING:
+    from .scorecam_passes import CpuWorkers
 
 #: Batch sizes tried by :func:`choose_batch_size` (capped at the number of passes).
 CANDIDATES: tuple[int, ...] = (1, 4, 16, 64)
@@ -236,76 +238,48 @@ def choose_batch_size(network: nn.Module, sample_shape: tuple[int, ...], passes:
     return _CHOSEN[key]
 
 
-def masks_in_place(acts: torch.Tensor, constant: torch.Tensor,
-                   size: tuple[int, int]) -> torch.Tensor:
-    """Upsampled, normalised maps (B, H, W) of ``acts`` (B, h, w); one (B, H, W) allocation.
+def resolve_batch_size(batch_size: int | str, network: nn.Module, sample_shape: tuple[int, ...],
+                       passes: int, device: torch.device, amp: bool, channels_last: bool,
+                       model: nn.Module, workers: CpuWorkers) -> int:
+    """Masked inputs per forward pass in :func:`~napari_artseg.scorecam.scorecam`.
 
-    Same arithmetic as :func:`~napari_artseg.scorecam.normalise_maps`; constant
-    channels (``constant`` True) give all-zero maps.
-    """
-    maps = upsample_to(acts, size)
-    low = maps.amin(dim=(-2, -1), keepdim=True)
-    span = maps.amax(dim=(-2, -1), keepdim=True) - low
-    valid = (span >= EPS) & ~constant[:, None, None]
-    return maps.sub_(low).div_(torch.where(valid, span, torch.ones_like(span))).mul_(valid)
-
-
-class MaskedPasses:
-    """Scores masked inputs in chunks through one reused (batch, C, h, w) buffer.
-
-    At most ``batch`` masked inputs (and their masks) exist at a time, whatever
-    the number of channels.
+    ``"auto"``: :func:`choose_batch_size`, timed with all ``workers`` running
+    side by side (as the passes will run) and cached per worker count. An
+    integer is capped at ``passes`` and, on CUDA, at :func:`cuda_batch_limit`.
 
     Parameters
     ----------
+    batch_size : int or "auto"
+        As given to ``scorecam``.
     network : torch.nn.Module
-        The network the passes run through (:func:`scoring_network`).
-    channels : int
-        Image channels C.
-    size : tuple of int
-        (h, w) at which masked inputs are scored.
-    batch : int
-        Masked inputs per forward pass.
-    like : torch.Tensor
-        Gives the buffer's dtype and device.
+        The scoring network.
+    sample_shape : tuple of int
+        (C, H, W) of one masked input.
+    passes : int
+        Masked inputs per image.
+    device : torch.device
+        Where the passes run.
     amp, channels_last : bool
-        bf16 autocast on CUDA; ``channels_last`` buffer.
+        As the passes will run.
+    model : torch.nn.Module
+        The classifier (its parameter shapes key the cache).
+    workers : CpuWorkers
+        The threads the passes will run in.
+
+    Returns
+    -------
+    int
+        At least 1.
     """
+    if batch_size != "auto":
+        return max(1, min(int(batch_size), passes,
+                          cuda_batch_limit(network, sample_shape, device, amp)))
+    share = max(1, math.ceil(passes / workers.count))
 
-    def __init__(self, network: nn.Module, channels: int, size: tuple[int, int], batch: int,
-                 like: torch.Tensor, amp: bool, channels_last: bool) -> None:
-        self.network = network
-        self.size = size
-        self.amp = amp
-        self.device = like.device
-        memory_format = torch.channels_last if channels_last else torch.contiguous_format
-        self.buffer = torch.empty((batch, channels, *size), dtype=like.dtype,
-                                  device=like.device, memory_format=memory_format)
-        self._zero: torch.Tensor | None = None
+    def measure(batch: int) -> float:
+        return workers.seconds_per_input(lambda: time_batch_size(
+            network, tuple(sample_shape), batch, device, amp, channels_last, min_samples=16))
 
-    def _forward(self, batch: torch.Tensor) -> torch.Tensor:
-        with autocast(self.device, self.amp):
-            return self.network(batch).double().reshape(-1)
-
-    def zero_logit(self) -> torch.Tensor:
-        """The logit of an all-zero (= image mean) input at the scoring size, computed once."""
-        if self._zero is None:
-            zeros = self.buffer[:1].zero_()
-            self._zero = self._forward(zeros).reshape(())
-        return self._zero
-
-    def logits(self, image: torch.Tensor, acts: torch.Tensor, constant: torch.Tensor,
-               rows: torch.Tensor) -> torch.Tensor:
-        """float64 logits of ``image`` (C, H, W) masked by the maps ``acts[rows]``."""
-        small = image
-        if tuple(image.shape[-2:]) != self.size:
-            small = F.interpolate(image[None], size=self.size, mode="area")[0]
-        out = torch.empty(rows.numel(), dtype=torch.float64, device=image.device)
-        chunk = self.buffer.shape[0]
-        for start in range(0, rows.numel(), chunk):
-            part = rows[start : start + chunk]
-            masked = self.buffer[: part.numel()]
-            torch.mul(small[None], masks_in_place(acts[part], constant[part], self.size)[:, None],
-                      out=masked)
-            out[start : start + part.numel()] = self._forward(masked)
-        return out
+    return choose_batch_size(network, sample_shape, share, device, amp, channels_last,
+                             measure=measure,
+                             signature=(model_signature(model), workers.count))

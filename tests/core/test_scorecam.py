@@ -18,6 +18,7 @@ from napari_artseg.scorecam import (
 )
 
 ATOL = 1e-5
+CHANNELS_LAST_ATOL = 1e-4
 
 
 @pytest.fixture(autouse=True)
@@ -107,9 +108,16 @@ def test_fast_matches_reference(depth: int, width: int, stem_pool: bool,
         _check_maps(ref, (1, *size))
         assert ref.max() == 1.0  # a non-trivial map
         for batch_size in (1, 5, 1000):
-            fast = scorecam(model, images, batch_size=batch_size, weighting=weighting)
+            # row-major passes: the reference's memory layout, same map to 1e-5
+            fast = scorecam(model, images, batch_size=batch_size, weighting=weighting,
+                            channels_last=False)
             _check_maps(fast, (1, *size))
             torch.testing.assert_close(fast, ref, atol=ATOL, rtol=0)
+            # the default channels_last passes round differently (up to 1.2e-5 measured on
+            # the width-2 ResNet-50): within the performance issue's 1e-4
+            fast = scorecam(model, images, batch_size=batch_size, weighting=weighting)
+            _check_maps(fast, (1, *size))
+            torch.testing.assert_close(fast, ref, atol=CHANNELS_LAST_ATOL, rtol=0)
 
 
 def test_dead_and_constant_channels_match_reference() -> None:
