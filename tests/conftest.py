@@ -34,3 +34,17 @@ def tiny_model(tiny_dataset, tmp_path_factory) -> Path:
     for _ in generator:
         pass
     return out
+
+
+@pytest.fixture
+def one_torch_thread():
+    """Run the test with one torch thread, the previous count restored after.
+
+    Tiny tensors run faster on one thread: on a shared 2-core machine two OpenMP
+    threads wait for each other on every small operation (measured 10-40x slower).
+    Modules use it with ``pytestmark = pytest.mark.usefixtures("one_torch_thread")``.
+    """
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

@@ -15,14 +15,7 @@ from napari_artseg.tiling import predict_tiled
 from napari_artseg.training.classifier import build_classifier
 from napari_artseg.training.segmenter import build_unet
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny tensors run on one thread (two wait for each other on a shared 2-core machine)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _model(**overrides) -> ArtSegModel:

@@ -21,14 +21,7 @@ ATOL = 1e-5
 CHANNELS_LAST_ATOL = 1e-4
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny tensors run on one thread: on a shared 2-core machine two OpenMP threads
-    wait for each other on every small operation (measured 10-40x slower)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _randomise_batch_norms(model: torch.nn.Module, seed: int = 0) -> None:

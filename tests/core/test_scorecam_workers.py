@@ -11,14 +11,7 @@ from test_scorecam import ATOL, _force_channels, _images, _model
 from napari_artseg.scorecam import WEIGHTINGS, scorecam, scorecam_reference
 from napari_artseg.scorecam_passes import CpuWorkers, resolve_workers
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """The caller runs one torch thread (tiny tensors; see test_scorecam)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _worker_threads() -> list[threading.Thread]:

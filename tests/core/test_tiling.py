@@ -20,14 +20,7 @@ from napari_artseg.tiling import (
     tile_batch_size,
 )
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny tensors run on one thread (two wait for each other on a shared 2-core machine)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def identity(x: torch.Tensor) -> torch.Tensor:
