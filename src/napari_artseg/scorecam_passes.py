@@ -211,8 +211,6 @@ class MaskedPasses:
         small = image
         if tuple(image.shape[-2:]) != self.size:
             small = F.interpolate(image[None], size=self.size, mode="area")[0]
-        if rows.numel() < 2 or len(self.buffers) == 1:
-            return self._score(self.buffers[0], small, acts, constant, rows)
         shares = torch.tensor_split(rows, len(self.buffers))
         return torch.cat(self.workers.map(
             lambda job: self._score(job[0], small, acts, constant, job[1]),
