@@ -175,8 +175,9 @@ def run_seed(seed: int, args, train_set: Path, test: Path, work: Path) -> dict[s
             folder = corrected_model(f"{args.tag}{corrector}-{k}", random_order[:k], corrector,
                                      preds, train_set, labels, weak, work, config, args.strokes)
             row[f"{corrector}_{k}"] = test_iou(folder, test)
+    active_order = (rank({image: uncertainty for image, (_, uncertainty) in preds.get().items()})
+                    if args.active_k else [])
     for k in args.active_k:
-        active_order = rank({image: uncertainty for image, (_, uncertainty) in preds.get().items()})
         for order_name, order in (("active", active_order), ("random", random_order)):
             if order_name == "random" and f"strokes_{k}" in row:  # the same images, same strokes
                 row[f"random_{k}"] = row[f"strokes_{k}"]
