@@ -21,7 +21,7 @@ METHODS = ("scorecam_unet", "supervised_unet", "scorecam", "ae_ssim", "padim", "
 #: The methods trained on clean images only (adapters around ``methods.anomaly`` detectors).
 ANOMALY_METHODS = ("ae_ssim", "padim", "patchsvdd")
 POLARITIES = ("both", "dark", "bright")
-POOLS = ("avg", "avgmax")
+POOLS = ("avg", "avgmax", "lse")
 PSEUDO_LABEL_RULES = ("otsu", "deletion")
 GATE_RULES = ("joint", "classifier")
 
@@ -38,30 +38,32 @@ class ArtSegConfig:
     method: str = "scorecam_unet"
     # Classifier (ResNet, single-channel, single logit).
     resnet_depth: int = 18
-    resnet_width: int = 16
+    resnet_width: int = 8
     resnet_stem_pool: bool = False
-    resnet_pool: str = "avg"
+    resnet_pool: str = "lse"
     # Segmenter (the paper's U-Net: constant width, 3 convs per level).
     unet_width: int = 8
     unet_levels: int = 5
     unet_convs_per_level: int = 3
-    # Geometry: images are resized by `scale`, networks see `input_size` squares,
-    # large images are cut into overlapping tiles with `tile_halo` px of overlap.
-    input_size: int = 256
-    scale: float = 0.5
+    # Geometry: images are resized by `scale`; the classifier sees the whole image as an
+    # `input_size` square; the U-Net sees `unet_input_size` squares (None: input_size):
+    # random crops in training, overlapping tiles with `tile_halo` px of overlap in inference.
+    input_size: int = 512
+    unet_input_size: int | None = 256
+    scale: float = 1.0
     tile_halo: int = 32
     normalization: str = "zscore"
     # Training.
-    classifier_epochs: int = 40
+    classifier_epochs: int = 80
     unet_epochs: int = 30
     batch_size: int = 8
     learning_rate: float = 0.002
     # Fine-tuning a parent model (--init, a project retrain) trains at this share of
     # learning_rate (docs/loop.md: 1.0 let 10 corrections move the U-Net further than 0.1).
     fine_tune_lr_factor: float = 1.0
-    lr_patience: int = 5
+    lr_patience: int = 10
     lr_factor: float = 0.1
-    early_stop_patience: int = 12
+    early_stop_patience: int = 30
     val_fraction: float = 0.2
     augment: bool = True
     balance_classes: bool = True
@@ -123,10 +125,13 @@ class ArtSegConfig:
             (self.unet_width >= 1, "unet_width must be >= 1"),
             (1 <= self.unet_levels <= 7, "unet_levels must be between 1 and 7"),
             (self.unet_convs_per_level >= 1, "unet_convs_per_level must be >= 1"),
-            (self.input_size % divisor == 0 and self.input_size >= divisor,
-             f"input_size must be a positive multiple of {divisor} (2**unet_levels)"),
+            (self.input_size >= 32, "input_size must be >= 32"),
+            (self.unet_size % divisor == 0 and self.unet_size >= divisor,
+             f"unet_input_size (or input_size) must be a positive multiple of {divisor} "
+             "(2**unet_levels)"),
             (0 < self.scale <= 4, "scale must be in (0, 4]"),
-            (0 <= 2 * self.tile_halo < self.input_size, "tile_halo must be < input_size / 2"),
+            (0 <= 2 * self.tile_halo < self.unet_size,
+             "tile_halo must be < unet_input_size / 2"),
             (self.normalization in ("zscore", "none"), "normalization must be zscore or none"),
             (self.classifier_epochs >= 0 and self.unet_epochs >= 0, "epochs must be >= 0"),
             (self.batch_size >= 1, "batch_size must be >= 1"),
@@ -200,11 +205,16 @@ class ArtSegConfig:
         if unknown:
             raise ArtSegError(f"{source}: unknown setting(s) {', '.join(unknown)}")
         defaults = cls()
-        values = {}
+        values = {name: value for name, value in LEGACY_VALUES.items() if name not in data}
         for name, value in data.items():
             default = getattr(defaults, name)
             values[name] = _coerce(name, value, default, source)
         return cls(**values).validate()
+
+    @property
+    def unet_size(self) -> int:
+        """The U-Net's square side in px: ``unet_input_size``, or ``input_size`` when None."""
+        return self.unet_input_size or self.input_size
 
     def replace(self, **changes: Any) -> ArtSegConfig:
         """A copy with some fields changed (validated)."""
@@ -226,6 +236,10 @@ class ArtSegConfig:
         """
         return self.learning_rate * self.fine_tune_lr_factor if fine_tuning else None
 
+
+#: Fields added after the first saved models, with the value that reproduces how those
+#: models were built (a config file without the field gets this, not the new default).
+LEGACY_VALUES: dict[str, Any] = {"unet_input_size": None}
 
 #: Integer settings that also accept the word "auto".
 AUTO_INTEGERS = ("scorecam_batch_size",)
@@ -268,7 +282,8 @@ def _is_real(value: Any) -> bool:
 
 
 PRESETS: dict[str, dict[str, Any]] = {
-    # CPU-friendly: narrow networks at half resolution; trains in minutes on 2 cores.
+    # CPU-friendly: narrow networks, the classifier sees 512 px, the U-Net 256 px crops and
+    # tiles at full resolution; trains in about half an hour on 2 cores (docs/accuracy.md).
     "fast": {},
     # The paper's settings (ResNet50, U-Net 64 filters, 1024 px, 150 epochs): for GPUs.
     "paper": {
@@ -277,7 +292,9 @@ PRESETS: dict[str, dict[str, Any]] = {
         "resnet_stem_pool": True,
         "unet_width": 64,
         "scorecam_max_channels": None,
+        "resnet_pool": "avg",
         "input_size": 1024,
+        "unet_input_size": None,
         "scale": 1.0,
         "tile_halo": 64,
         "classifier_epochs": 150,
@@ -298,6 +315,7 @@ PRESETS: dict[str, dict[str, Any]] = {
         "unet_levels": 3,
         "scorecam_max_channels": None,
         "input_size": 64,
+        "unet_input_size": None,
         "scale": 0.5,
         "tile_halo": 8,
         "classifier_epochs": 2,

@@ -291,7 +291,7 @@ TORCHSCRIPT_README = """TorchScript networks of artseg model {model_id} ({name})
 They contain code: load them only if you trust their source. napari-artseg itself
 never loads them (it reads the safetensors weights of the model folder).
 
-classifier.torchscript.pt  input (N, 1, {size}, {size}) float32, output (N, 1) logit;
+classifier.torchscript.pt  input (N, 1, {size}, {size}) float32, output (N,) logit;
                            sigmoid(logit) = P(artifact); the gate threshold is {gate}.
 unet.torchscript.pt        input (N, 1, H, W), H and W multiples of {divisor}; output (N, 1, H, W)
                            logits; sigmoid gives the artifact probability; mask threshold {mask}.
@@ -299,7 +299,7 @@ unet.torchscript.pt        input (N, 1, H, W), H and W multiples of {divisor}; o
 Pre-processing (as napari-artseg does it): resize the image by scale {scale} (area averaging),
 then normalisation '{normalization}' (zscore: subtract the image mean, divide by its standard
 deviation). The classifier sees the whole image resized to {size} x {size}; the U-Net sees tiles
-of {size} px with {halo} px of overlap. Remove objects smaller than {min_size} px after
+of {unet_size} px with {halo} px of overlap. Remove objects smaller than {min_size} px after
 thresholding. Full settings: config.json in the zip archive beside this folder.
 """
 
@@ -323,13 +323,13 @@ def write_torchscript(model_folder: Path, out: Path) -> list[Path]:
         return []
     folder = out / "model" / model_folder.name
     written = []
-    size = model.config.input_size
-    example = torch.zeros(1, 1, size, size)
-    networks = [("classifier", model.classifier), ("unet", model.unet)]
-    for name, net in networks:
+    size, unet_size = model.config.input_size, model.config.unet_size
+    networks = [("classifier", model.classifier, size), ("unet", model.unet, unet_size)]
+    for name, net, side in networks:
         if not isinstance(net, ResNetClassifier | UNet):
             continue  # a method without a classifier
         net = net.float().eval()
+        example = torch.zeros(1, 1, side, side)
         try:
             compiled = torch.jit.script(net)
         except Exception:  # scripting fails on some constructs; tracing then works
@@ -342,7 +342,7 @@ def write_torchscript(model_folder: Path, out: Path) -> list[Path]:
     thresholds = model.thresholds
     config = model.config
     text = TORCHSCRIPT_README.format(
-        model_id=model.model_id, name=model_folder.name, size=size,
+        model_id=model.model_id, name=model_folder.name, size=size, unet_size=unet_size,
         gate=thresholds.get("gate", 0.5), mask=thresholds.get("mask", 0.5),
         divisor=model.unet.divisor, scale=config.scale, normalization=config.normalization,
         halo=config.tile_halo, min_size=thresholds.get("min_size_px", 0))

@@ -339,7 +339,7 @@ def tiled_probability(model, image: np.ndarray, batch_size: int = 4,
     from .device import autocast, release_memory
     from .tiling import predict_tiled, tile_batch_size
 
-    tile, halo, divisor = model.config.input_size, model.config.tile_halo, model.unet.divisor
+    tile, halo, divisor = model.config.unet_size, model.config.tile_halo, model.unet.divisor
     unet = model.inference_unet  # made once per model, not once per image
     batch_size = tile_batch_size(batch_size, tile, model.device, max_batch_pixels)
 
@@ -360,7 +360,7 @@ def tiled_probability(model, image: np.ndarray, batch_size: int = 4,
             if batch_size == 1:
                 raise ArtSegError(
                     f"out of {model.device} memory even with one {tile} px tile at a time; "
-                    "predict with --device cpu or a model with a smaller input_size"
+                    "predict with --device cpu or a model with a smaller unet_input_size"
                 ) from None
             batch_size = max(1, batch_size // 2)
 

@@ -215,7 +215,7 @@ class ArtSegModel:
             with autocast(self.device, self.config.amp):
                 return torch.sigmoid(unet(batch).float())
 
-        return predict_tiled(forward, prepared.to(self.device), tile=self.config.input_size,
+        return predict_tiled(forward, prepared.to(self.device), tile=self.config.unet_size,
                              halo=self.config.tile_halo, divisor=self.unet.divisor,
                              batch_size=batch_size)[0]
 

@@ -184,3 +184,19 @@ def test_train_from_a_project_makes_the_model_current(tiny_dataset, tmp_path, ca
     models = [p for p in project.models_dir.iterdir() if p.is_dir()]
     assert len(models) == 1 and models[0].name.endswith("-scorecam_unet")
     assert Project.open(project.folder).current_model == models[0].name
+
+
+def test_demo_runs_the_whole_pipeline_with_its_settings(tmp_path, capsys):
+    from napari_artseg.cli.demo_cmd import DEMO_SETTINGS
+
+    status, out, _ = run_cli(capsys, "demo", "--out", tmp_path / "demo", "--n", 12, "--n-test",
+                             4, "--size", 64, "--epochs", 1, "--no-viewer", "--quiet")
+    assert status == 0, out
+    assert "4/4 evaluating" in out and "pixel_iou" in out and "cls_f1" in out
+    config = json.loads((tmp_path / "demo" / "model" / "config.json").read_text())["config"]
+    expected = {**DEMO_SETTINGS, "classifier_epochs": 1, "unet_epochs": 1}
+    assert {key: config[key] for key in expected} == expected
+    assert len(list((tmp_path / "demo" / "predictions").glob("*_mask.tif"))) == 4
+    # a second demo into the same folder refuses instead of overwriting the model
+    status, _, err = run_cli(capsys, "demo", "--out", tmp_path / "demo", "--no-viewer")
+    assert status == 2 and "exists" in err

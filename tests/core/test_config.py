@@ -26,13 +26,28 @@ def test_paper_preset_matches_the_paper():
 
 @pytest.mark.parametrize(
     ("changes", "word"),
-    [({"input_size": 100}, "input_size"), ({"device": "tpu"}, "device"),
+    [({"unet_input_size": 100}, "unet_input_size"), ({"input_size": 16}, "input_size"),
+     ({"device": "tpu"}, "device"),
      ({"mask_threshold": 1.5}, "mask_threshold"), ({"resnet_depth": 20}, "resnet_depth"),
      ({"tile_halo": 200}, "tile_halo"), ({"fine_tune_lr_factor": 0}, "fine_tune_lr_factor")],
 )
 def test_bad_values_name_the_field(changes, word):
     with pytest.raises(ArtSegError, match=word):
         preset("fast", **changes)
+
+
+def test_fast_preset_classifier_view_and_unet_squares_differ():
+    config = preset("fast")
+    assert (config.input_size, config.unet_size, config.scale) == (512, 256, 1.0)
+    assert config.resnet_pool == "lse" and preset("paper").resnet_pool == "avg"
+    assert preset("paper").unet_size == 1024 and preset("tiny").unet_size == 64
+
+
+def test_a_config_saved_before_unet_input_size_keeps_one_size_for_both_networks():
+    old = preset("fast").to_dict()
+    del old["unet_input_size"]  # a model folder written by an earlier version
+    loaded = ArtSegConfig.from_dict(old)
+    assert loaded.unet_input_size is None and loaded.unet_size == loaded.input_size == 512
 
 
 def test_from_dict_refuses_unknown_fields_and_wrong_types():

@@ -64,6 +64,29 @@ def test_resnet_avgmax_head_sees_one_hot_spot_that_averaging_dilutes() -> None:
         assert model(torch.randn(2, 1, 64, 64)).shape == (2,)
 
 
+def test_resnet_lse_head_scores_locations_and_pools_between_mean_and_max() -> None:
+    from napari_artseg.models.resnet import LSE_SHARPNESS
+
+    model = ResNetClassifier(depth=18, width=4, pool="lse").eval()
+    channels = model.num_feature_channels
+    assert model.fc.in_features == channels
+    features = torch.zeros(3, channels, 4, 4)
+    features[1, 0, 2, 3] = 8.0  # one location scores 8 (weight 1 on channel 0)
+    features[2, 0] = 2.0  # every location scores 2
+    with torch.no_grad():
+        model.fc.weight.zero_()
+        model.fc.weight[0, 0] = 1.0
+        model.fc.bias.fill_(-1.0)
+        logits = model.head(features)
+    r = LSE_SHARPNESS
+    hot = (torch.logsumexp(torch.tensor([r * 8.0] + [0.0] * 15), 0) - torch.log(torch.tensor(16.0)))
+    # No location scores: the bias; one hot location: near its score, far above the mean
+    # (0.5); a uniform map: exactly its value.
+    assert logits.tolist() == pytest.approx([-1.0, float(hot / r) - 1.0, 1.0], abs=1e-5)
+    assert 0.5 < float(hot / r) < 8.0
+    assert float(hot / r) > 8.0 - torch.log(torch.tensor(16.0)).item() / r - 1e-5
+
+
 def test_resnet_rejects_unknown_pool() -> None:
     with pytest.raises(ValueError, match="pool"):
         ResNetClassifier(depth=18, width=4, pool="median")

@@ -45,3 +45,22 @@ def test_validation_metrics_come_from_the_curated_mask_not_the_pseudo_label():
     net, fit = drain(train_unet(items, [0, 1], [2, 3], config.replace(curated_validation=False),
                               torch.device("cpu")))
     assert fit.history[0]["val_iou"] != curated_iou(net, curated)
+
+
+def test_unet_crops_and_tiles_are_unet_input_size_not_the_classifier_view():
+    from napari_artseg.training.segmenter import build_unet
+
+    config = preset("tiny").replace(unet_epochs=1, input_size=64, unet_input_size=32,
+                                    tile_halo=4)
+    assert config.unet_size == 32 and config.input_size == 64
+    net = build_unet(config)
+    seen = []
+    net.register_forward_pre_hook(lambda module, args: seen.append(
+        (module.training, tuple(args[0].shape[-2:]))))
+    items = [item("a", 1, True, 1.0), item("b", 0, False), item("c", 1, True, 1.0),
+             item("d", 0, False)]
+    drain(train_unet(items, [0, 1], [2, 3], config, torch.device("cpu"), model=net))
+    training = {shape for train, shape in seen if train}
+    inference = {shape for train, shape in seen if not train}
+    assert training == {(32, 32)}  # random crops of the U-Net's size from 64 px images
+    assert inference == {(32, 32)}  # validation tiles the 64 px images at the same size

@@ -59,8 +59,8 @@ class TrainingSettings(QWidget):
             "classifier_epochs": _spin(0, 1000, "Classifier epochs (early stopping may stop it "
                                                 "sooner)"),
             "unet_epochs": _spin(0, 1000, "U-Net epochs (early stopping may end sooner)"),
-            "input_size": _spin(32, 4096, "Network input square in px; a multiple of "
-                                          "2**unet_levels (32 for fast and paper)", step=32),
+            "input_size": _spin(32, 4096, "The classifier's view: the whole image resized to "
+                                          "this square, in px", step=32),
             "scale": _double(0.05, 4.0, "Images are resized by this factor before training"),
             "batch_size": _spin(1, 256, "Images per batch; lower it when memory runs out"),
             "seed": _spin(0, 2**31 - 1, "Random seed (split, initialisation, augmentation)"),
@@ -72,8 +72,8 @@ class TrainingSettings(QWidget):
         self.device_box.setToolTip("auto picks CUDA, then Apple MPS, then the CPU")
         form.addRow("Preset", self.preset_box)
         titles = {"classifier_epochs": "Classifier epochs", "unet_epochs": "U-Net epochs",
-                  "input_size": "Input size (px)", "scale": "Scale", "batch_size": "Batch size",
-                  "seed": "Seed"}
+                  "input_size": "Classifier view (px)", "scale": "Scale",
+                  "batch_size": "Batch size", "seed": "Seed"}
         for name in FORM_FIELDS:
             form.addRow(titles[name], self.fields[name])
         form.addRow("Device", self.device_box)

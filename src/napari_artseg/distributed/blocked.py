@@ -244,7 +244,7 @@ def unet_blocked(image, tile: int, halo: int,
         (h, w) float32 network input with ``h, w >= tile``, in chunks of at least
         ``tile`` (e.g. :func:`tile_bounds`).
     tile, halo : int
-        The tile side and halo of the model (``input_size``, ``tile_halo``).
+        The tile side and halo of the model (``unet_input_size``, ``tile_halo``).
     run_tiles : callable
         Maps (N, tile, tile) float32 tiles to (N, tile, tile) float32 outputs;
         it must be picklable to run on Dask workers.

@@ -159,7 +159,7 @@ def _prepared(model, path: Path, compute, block_tiles: int):
         raise ImageReadError(f"{path}: not a readable image")
     full = header.shape
     small = scaled_shape(full, config.scale)
-    tile, halo = config.input_size, config.tile_halo
+    tile, halo = config.unet_size, config.tile_halo
     bounds = (tile_bounds(small[0], tile, halo, block_tiles),
               tile_bounds(small[1], tile, halo, block_tiles))
     source, reader = open_grey(path, chunks=input_chunks(full, small, bounds), compute=compute)
@@ -179,7 +179,7 @@ def _processing_map(model, ref: ModelRef, prepared):
     import dask
     import dask.array as da
 
-    tile, halo = model.config.input_size, model.config.tile_halo
+    tile, halo = model.config.unet_size, model.config.tile_halo
     small = tuple(prepared.shape)
     if small[0] <= tile and small[1] <= tile:  # one pass, padded to the divisor only
         task = dask.delayed(small_unet, pure=True)(ref, prepared.rechunk(-1))

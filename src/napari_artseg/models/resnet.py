@@ -12,6 +12,9 @@ from torch import nn
 
 from ..config import POOLS
 
+#: Sharpness r of the ``"lse"`` head: logit = log(mean(exp(r * s))) / r over location logits s.
+LSE_SHARPNESS = 5.0
+
 # depth -> (block type name, blocks per stage)
 _DEPTHS: dict[int, tuple[str, tuple[int, int, int, int]]] = {
     18: ("basic", (2, 2, 2, 2)),
@@ -136,9 +139,14 @@ class ResNetClassifier(nn.Module):
         Keep the stem max-pool. ``False`` halves the total downsampling
         (16 instead of 32), which doubles the resolution of Score-CAM maps.
     pool : str
-        The global pooling of the head: ``"avg"`` (the paper's average pooling)
-        or ``"avgmax"`` (average and maximum side by side into the linear layer,
-        so one small artifact is not averaged away over the whole field).
+        The global pooling of the head: ``"avg"`` (the paper's average pooling),
+        ``"avgmax"`` (average and maximum side by side into the linear layer,
+        so one small artifact is not averaged away over the whole field) or
+        ``"lse"`` (multiple-instance pooling: the linear layer scores every
+        location of the feature grid and the image logit is their log-sum-exp
+        mean with sharpness :data:`LSE_SHARPNESS`, between the mean (0) and the
+        maximum (infinity) of the location logits, so one artifact anywhere
+        decides the call).
 
     Attributes
     ----------
@@ -231,7 +239,7 @@ class ResNetClassifier(nn.Module):
         return self.stages(self.stem(x))
 
     def head(self, features: torch.Tensor) -> torch.Tensor:
-        """Global pooling (average, or average and maximum) and the linear layer.
+        """Global pooling and the linear layer (see ``pool`` in the class docstring).
 
         Parameters
         ----------
@@ -243,6 +251,11 @@ class ResNetClassifier(nn.Module):
         torch.Tensor
             Logits, shape (N,) (artifact class; apply a sigmoid for probabilities).
         """
+        if self.pool_kind == "lse":
+            scores = torch.einsum("nkhw,k->nhw", features, self.fc.weight[0]).flatten(1)
+            count = torch.log(torch.tensor(float(scores.shape[1]), device=scores.device))
+            pooled_scores = (torch.logsumexp(LSE_SHARPNESS * scores, dim=1) - count)
+            return pooled_scores / LSE_SHARPNESS + self.fc.bias[0]
         pooled = torch.flatten(self.pool(features), 1)
         if self.pool_kind == "avgmax":
             pooled = torch.cat([pooled, torch.amax(features, dim=(2, 3))], dim=1)

@@ -38,7 +38,7 @@ def unet_probability(
         with autocast(device, config.amp):
             return torch.sigmoid(model(batch).float())
 
-    prob = predict_tiled(forward, image.to(device), tile=config.input_size, halo=config.tile_halo,
+    prob = predict_tiled(forward, image.to(device), tile=config.unet_size, halo=config.tile_halo,
                          divisor=model.divisor, batch_size=batch_size)
     return prob[0]
 
@@ -106,7 +106,7 @@ def train_unet(
 ) -> Generator[ProgressEvent, None, tuple[UNet, FitResult]]:
     """Train the U-Net on the items' ``target`` maps; yields progress, returns model and fit.
 
-    Each epoch draws as many random ``input_size`` crops as there are training
+    Each epoch draws as many random ``unet_input_size`` crops as there are training
     images, artifact images as often as clean ones when ``config.balance_classes``.
     Curated targets weigh ``config.curated_weight`` times more than pseudo-labels.
     Validation runs the tiled prediction over the whole validation images (only
@@ -126,7 +126,7 @@ def train_unet(
 
     def sample(index: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         item = items[index]
-        image, target, weight = random_crop(item.image, item.target, config.input_size, augmenter)
+        image, target, weight = random_crop(item.image, item.target, config.unet_size, augmenter)
         if item.curated:
             weight = weight * config.curated_weight
         if config.augment:
