@@ -90,7 +90,7 @@ class ArtSegConfig:
     # Thresholds (None: chosen on the validation split after training).
     pseudo_label_threshold: float | None = None
     gate_threshold: float | None = None
-    gate_rule: str = "joint"
+    gate_rule: str = "classifier"
     mask_threshold: float | None = None
     min_size_px: int | None = None
     min_size_um2: float | None = None

@@ -115,6 +115,6 @@ def test_a_fixed_gate_is_kept():
 
 
 def test_gate_rule_is_validated():
-    assert preset("tiny").gate_rule == "joint"
+    assert preset("fast").gate_rule == preset("tiny").gate_rule == "classifier"
     with pytest.raises(ArtSegError, match="gate_rule"):
         preset("tiny", gate_rule="maybe")

@@ -6,12 +6,12 @@ size maximise pixel IoU on them. Without, they maximise the image-level F1 of
 validation pseudo-labels (or, for a method without pixel targets, by closeness of
 the threshold to 0.5). Test data is never used.
 
-The gate is searched jointly with them (``gate_rule="joint"``): besides the
-cut-off that maximises the gate score's own F1, lower gates that let through
-the validation artifacts it misses, and no gate at all (every image reaches the
-U-Net, whose mask then decides), are tried, and the setting with the best
-objective wins (ties: the higher gate). ``gate_rule="classifier"`` keeps the
-F1-optimal cut-off alone.
+The gate is the cut-off that maximises the gate score's own validation F1
+(``gate_rule="classifier"``, the default), or it is searched jointly with the
+mask settings (``gate_rule="joint"``): lower gates that let through the
+validation artifacts that cut-off misses, and no gate at all (every image
+reaches the U-Net, whose mask then decides), are also tried, and the setting
+with the best objective wins (ties: the higher gate).
 """
 
 from __future__ import annotations
