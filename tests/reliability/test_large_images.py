@@ -3,7 +3,7 @@
 The 20000 x 20000 TIFF would take 1.6 GB as float32 (and several copies in the
 in-memory path); ``artseg predict`` reads it tile by tile, area-averaged to the
 model's processing scale, and writes the full-resolution maps in strips. Peak
-memory is measured in the child process (``ru_maxrss``).
+memory is measured in the child process (its own peak, VmHWM).
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ import pytest
 import tifffile
 import torch
 import torch.nn.functional as F
-from reliability_helpers import child_env, copy_model, summary_rows
+from reliability_helpers import PRINT_PEAK_RSS, child_env, copy_model, summary_rows
 
 from napari_artseg.errors import ImageReadError
 from napari_artseg.image_files import read_image
@@ -52,14 +52,12 @@ def write_huge_tiff(path, size=20000, tile=512):
 
 
 CHILD = r"""
-import resource, sys
+import sys
 import torch
 torch.set_num_threads(1)
 from napari_artseg.cli import main
 status = main(sys.argv[1:])
-print("MAXRSS_KB", resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
-sys.exit(status)
-"""
+""" + PRINT_PEAK_RSS + "sys.exit(status)\n"
 
 
 @pytest.mark.slow

@@ -24,7 +24,7 @@ import time
 import numpy as np
 import pytest
 import tifffile
-from reliability_helpers import child_env
+from reliability_helpers import PRINT_PEAK_RSS, child_env
 
 from napari_artseg.cli.predict_cmd import SUMMARY_COLUMNS
 
@@ -32,14 +32,12 @@ N_IMAGES = 1000
 RSS_LIMIT_MB = 1200
 
 CHILD = r"""
-import resource, sys
+import sys
 import torch
 torch.set_num_threads(1)
 from napari_artseg.cli import main
 status = main(sys.argv[1:])
-print("MAXRSS_KB", resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, flush=True)
-sys.exit(status)
-"""
+""" + PRINT_PEAK_RSS + "sys.exit(status)\n"
 
 pytestmark = pytest.mark.skipif(os.name != "posix", reason="SIGKILL is POSIX")
 
