@@ -15,13 +15,14 @@ import sys
 from pathlib import Path
 
 import napari_artseg
+from child_memory import PRINT_PEAK_RSS
 
 SIZE = 512
 K_SMALL, K_LARGE = 64, 512
 MB = 2**20
 
 CHILD = r"""
-import pathlib, resource, sys
+import sys
 import torch
 from torch import nn
 torch.set_num_threads(1)
@@ -56,14 +57,7 @@ else:  # what an implementation that materialises every masked input holds at on
         acts = model.features(image)[0]
         masked = image * normalise_maps(upsample_to(acts, (size, size)))[:, None]
         assert masked.shape == (k, 1, size, size)
-# the child's own peak (VmHWM): ru_maxrss survives execve, so it would report pytest's size
-status = pathlib.Path("/proc/self/status")
-peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-if status.is_file():
-    peak = int(next(line.split()[1] for line in status.read_text().splitlines()
-                    if line.startswith("VmHWM:")))
-print("MAXRSS_KB", peak)
-"""
+""" + PRINT_PEAK_RSS
 
 
 def _peak_bytes(k: int, mode: str) -> int:

@@ -10,19 +10,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-#: Code for a child script's end: prints ``MAXRSS_KB <peak>``, the child's own peak resident
-#: memory (VmHWM of its address space). ``ru_maxrss`` survives execve on Linux, so a child
-#: started from a large pytest process would report the parent's size instead.
-PRINT_PEAK_RSS = r"""
-import pathlib as _pathlib, resource as _resource
-_status = _pathlib.Path("/proc/self/status")
-_peak = _resource.getrusage(_resource.RUSAGE_SELF).ru_maxrss
-if _status.is_file():
-    _peak = int(next(line.split()[1] for line in _status.read_text().splitlines()
-                     if line.startswith("VmHWM:")))
-print("MAXRSS_KB", _peak, flush=True)
-"""
-
 
 def child_env() -> dict[str, str]:
     """Environment for child processes: unbuffered, one compute thread (the machine is shared)."""

@@ -19,8 +19,9 @@ import pytest
 import tifffile
 import torch
 import torch.nn.functional as F
-from reliability_helpers import PRINT_PEAK_RSS, child_env, copy_model, summary_rows
+from reliability_helpers import child_env, copy_model, summary_rows
 
+from child_memory import PRINT_PEAK_RSS
 from napari_artseg.errors import ImageReadError
 from napari_artseg.image_files import read_image
 from napari_artseg.large_images import (

@@ -24,8 +24,9 @@ import time
 import numpy as np
 import pytest
 import tifffile
-from reliability_helpers import PRINT_PEAK_RSS, child_env
+from reliability_helpers import child_env
 
+from child_memory import PRINT_PEAK_RSS
 from napari_artseg.cli.predict_cmd import SUMMARY_COLUMNS
 
 N_IMAGES = 1000
