@@ -7,6 +7,8 @@ target layer, and the pooling + linear head through :meth:`ResNetClassifier.head
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import nn
 
@@ -253,9 +255,8 @@ class ResNetClassifier(nn.Module):
         """
         if self.pool_kind == "lse":
             scores = torch.einsum("nkhw,k->nhw", features, self.fc.weight[0]).flatten(1)
-            count = torch.log(torch.tensor(float(scores.shape[1]), device=scores.device))
-            pooled_scores = (torch.logsumexp(LSE_SHARPNESS * scores, dim=1) - count)
-            return pooled_scores / LSE_SHARPNESS + self.fc.bias[0]
+            pooled = torch.logsumexp(LSE_SHARPNESS * scores, dim=1) - math.log(scores.shape[1])
+            return pooled / LSE_SHARPNESS + self.fc.bias[0]
         pooled = torch.flatten(self.pool(features), 1)
         if self.pool_kind == "avgmax":
             pooled = torch.cat([pooled, torch.amax(features, dim=(2, 3))], dim=1)
