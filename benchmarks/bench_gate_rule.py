@@ -1,5 +1,8 @@
 """The gate rule: classifier cut-off alone vs searched jointly with the mask settings (issue 2).
 
+With ``--symmetries 1 8`` each rule is also tried with the gate's test-time augmentation
+(``gate_symmetries``: the mean P(artifact) over the square's 8 symmetries).
+
 For each trained ScoreCAM-U-Net model folder, the gate, mask threshold and minimum size are
 chosen again on the model's own validation split (``manifest.csv``) under both
 ``gate_rule`` values, and the test set is scored with each choice. The networks are not
@@ -13,6 +16,7 @@ the one made here; the ``classifier`` row is the reference.
 Usage::
 
     python benchmarks/bench_gate_rule.py --train TRAIN_SET --test TEST_SET MODEL_DIR [MODEL_DIR...]
+        [--symmetries 1 8]
 
 The sets are ``artseg synth`` folders (as ``bench_accuracy.py`` writes them); results go to
 ``benchmarks/results/gate_rule.json`` (``--json``).
@@ -46,7 +50,10 @@ HEADLINE = ("cls_f1", "pixel_precision", "pixel_recall", "pixel_iou")
 
 
 def validation_data(model: ArtSegModel, folder: Path, train: Path):
-    """Scores, processing-scale maps and tie-break targets of the model's validation images."""
+    """Scores, processing-scale maps and tie-break targets of the model's validation images.
+
+    The scores follow the model's ``gate_symmetries``.
+    """
     config = model.config
     labels = read_labels_csv(train / "labels.csv").labels
     with open(folder / "manifest.csv", newline="", encoding="utf-8") as handle:
@@ -54,7 +61,8 @@ def validation_data(model: ArtSegModel, folder: Path, train: Path):
     items, _ = drain(load_training_items(train / "images", {n: labels[n] for n in names}, config,
                                          None))
     device = torch.device("cpu")
-    scores = classifier_probabilities(model.classifier, global_views(items, config), device)
+    scores = classifier_probabilities(model.classifier, global_views(items, config), device,
+                                      symmetries=config.gate_symmetries)
     probs = [unet_probability(model.unet, item.image, config, device).numpy() for item in items]
     targets = [read_mask(folder / "pseudo_labels" / name) > 0 if item.label
                else np.zeros(prob.shape, bool)
@@ -63,9 +71,15 @@ def validation_data(model: ArtSegModel, folder: Path, train: Path):
     return np.array([item.label for item in items]), scores, probs, targets, median_area
 
 
-def evaluate(folder: Path, train: Path, test) -> dict[str, dict]:
-    """Both rules' choices on one model and their test metrics."""
+def variant(rule: str, symmetries: int) -> str:
+    """A row's name: the rule, and the gate's test-time symmetries when there are several."""
+    return rule if symmetries == 1 else f"{rule}, {symmetries} symmetries"
+
+
+def evaluate(folder: Path, train: Path, test, symmetries: int) -> dict[str, dict]:
+    """Both rules' choices on one model with one gate symmetry count, and their test metrics."""
     model = ArtSegModel.load(folder, device="cpu")
+    model.config = model.config.replace(gate_symmetries=symmetries)
     labels, scores, probs, targets, median_area = validation_data(model, folder, train)
     results = [model.predict(image, gate=False) for _, image, _, _, _ in test]
     out = {}
@@ -81,8 +95,10 @@ def evaluate(folder: Path, train: Path, test) -> dict[str, dict]:
                 preds.append(model.predict(image, threshold=threshold, min_size_px=min_size,
                                            gate=False).mask)
         row = score(preds, [bool(p.any()) for p in preds], test)
-        out[rule] = {"gate": gate, "mask": threshold, "min_size_px": min_size, **row}
-        print(f"{folder.name} {rule}: gate {gate:.3f} mask {threshold} min size {min_size}: "
+        out[variant(rule, symmetries)] = {"gate": gate, "mask": threshold,
+                                          "min_size_px": min_size, **row}
+        print(f"{folder.name} {variant(rule, symmetries)}: gate {gate:.3f} mask {threshold} "
+              f"min size {min_size}: "
               + ", ".join(f"{k} {row[k]:.3f}" for k in HEADLINE), flush=True)
     return out
 
@@ -93,19 +109,23 @@ def main() -> None:
     parser.add_argument("--train", type=Path, required=True, help="the models' training set")
     parser.add_argument("--test", type=Path, required=True)
     parser.add_argument("models", type=Path, nargs="+")
+    parser.add_argument("--symmetries", type=int, nargs="+", default=[1],
+                        help="gate_symmetries values to compare (e.g. 1 8)")
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())
     parser.add_argument("--json", default="benchmarks/results/gate_rule.json")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     test = load_test(args.test)
-    per_model = {str(folder): evaluate(folder, args.train, test) for folder in args.models}
-    lines = ["| gate_rule | " + " | ".join(HEADLINE) + " |", "|---" * (len(HEADLINE) + 1) + "|"]
-    for rule in GATE_RULES:
+    per_model = {str(folder): {name: row for n in args.symmetries
+                               for name, row in evaluate(folder, args.train, test, n).items()}
+                 for folder in args.models}
+    lines = ["| gate | " + " | ".join(HEADLINE) + " |", "|---" * (len(HEADLINE) + 1) + "|"]
+    for name in next(iter(per_model.values())):
         cells = []
         for key in HEADLINE:
-            values = [runs[rule][key] for runs in per_model.values()]
+            values = [runs[name][key] for runs in per_model.values()]
             cells.append(f"{np.mean(values):.3f} ± {np.std(values):.3f}")
-        lines.append(f"| {rule} | " + " | ".join(cells) + " |")
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
     table = "\n".join(lines) + f"\n\nmodels: {len(per_model)}"
     print(table)
     report = {"train": str(args.train), "test": str(args.test), "per_model": per_model,

@@ -91,6 +91,9 @@ class ArtSegConfig:
     pseudo_label_threshold: float | None = None
     gate_threshold: float | None = None
     gate_rule: str = "classifier"
+    # The gate's P(artifact): the mean over this many of the square's 8 symmetries of the
+    # classifier's view (1: the view as it is; 8: full test-time augmentation).
+    gate_symmetries: int = 8
     mask_threshold: float | None = None
     min_size_px: int | None = None
     min_size_um2: float | None = None
@@ -149,6 +152,7 @@ class ArtSegConfig:
             (self.pseudo_label_rule in PSEUDO_LABEL_RULES,
              f"pseudo_label_rule must be one of {', '.join(PSEUDO_LABEL_RULES)}"),
             (self.gate_rule in GATE_RULES, f"gate_rule must be one of {', '.join(GATE_RULES)}"),
+            (1 <= self.gate_symmetries <= 8, "gate_symmetries must be between 1 and 8"),
             (self.self_training_rounds >= 0, "self_training_rounds must be >= 0"),
             (self.method in METHODS, f"method must be one of {', '.join(METHODS)}"),
             *self._method_checks(),
@@ -239,7 +243,7 @@ class ArtSegConfig:
 
 #: Fields added after the first saved models, with the value that reproduces how those
 #: models were built (a config file without the field gets this, not the new default).
-LEGACY_VALUES: dict[str, Any] = {"unet_input_size": None}
+LEGACY_VALUES: dict[str, Any] = {"unet_input_size": None, "gate_symmetries": 1}
 
 #: Integer settings that also accept the word "auto".
 AUTO_INTEGERS = ("scorecam_batch_size",)
@@ -293,6 +297,7 @@ PRESETS: dict[str, dict[str, Any]] = {
         "unet_width": 64,
         "scorecam_max_channels": None,
         "resnet_pool": "avg",
+        "gate_symmetries": 1,
         "input_size": 1024,
         "unet_input_size": None,
         "scale": 1.0,

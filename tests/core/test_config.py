@@ -29,7 +29,8 @@ def test_paper_preset_matches_the_paper():
     [({"unet_input_size": 100}, "unet_input_size"), ({"input_size": 16}, "input_size"),
      ({"device": "tpu"}, "device"),
      ({"mask_threshold": 1.5}, "mask_threshold"), ({"resnet_depth": 20}, "resnet_depth"),
-     ({"tile_halo": 200}, "tile_halo"), ({"fine_tune_lr_factor": 0}, "fine_tune_lr_factor")],
+     ({"tile_halo": 200}, "tile_halo"), ({"fine_tune_lr_factor": 0}, "fine_tune_lr_factor"),
+     ({"gate_symmetries": 0}, "gate_symmetries"), ({"gate_symmetries": 9}, "gate_symmetries")],
 )
 def test_bad_values_name_the_field(changes, word):
     with pytest.raises(ArtSegError, match=word):
@@ -48,6 +49,14 @@ def test_a_config_saved_before_unet_input_size_keeps_one_size_for_both_networks(
     del old["unet_input_size"]  # a model folder written by an earlier version
     loaded = ArtSegConfig.from_dict(old)
     assert loaded.unet_input_size is None and loaded.unet_size == loaded.input_size == 512
+
+
+def test_a_config_saved_before_gate_symmetries_keeps_the_plain_gate():
+    """Its gate threshold was chosen on plain views, so it must keep scoring plain views."""
+    assert preset("fast").gate_symmetries == 8 and preset("paper").gate_symmetries == 1
+    old = preset("fast").to_dict()
+    del old["gate_symmetries"]
+    assert ArtSegConfig.from_dict(old).gate_symmetries == 1
 
 
 def test_from_dict_refuses_unknown_fields_and_wrong_types():

@@ -62,3 +62,32 @@ def test_saliency_map_has_the_image_size_and_range(model):
     cam = model.saliency(image)
     assert cam.shape == (70, 90) and cam.dtype == np.float32
     assert np.isfinite(cam).all() and cam.min() >= 0 and cam.max() <= 1
+
+
+def test_gate_symmetries_average_the_classifier_over_the_square_symmetries(model):
+    """With ``gate_symmetries`` the gate is the mean P(artifact) over rotated and transposed
+    views, the same at prediction (``artifact_score``) and at threshold choice
+    (``classifier_probabilities``)."""
+    from napari_artseg.training.classifier import classifier_probabilities
+    from napari_artseg.training.data import d4, global_view
+
+    image = np.random.default_rng(5).normal(1000, 50, (80, 120)).astype(np.float32)
+    image[10:30, 70:110] -= 300  # an asymmetric dark patch, so the symmetries differ
+    prepared = model.prepare(image)
+    view = global_view(prepared, model.config.input_size)[None]
+    with torch.inference_mode():
+        each = [float(torch.sigmoid(model.classifier(d4(view, k)))[0]) for k in range(8)]
+    assert np.ptp(each) > 0  # the symmetries give different scores: the mean is a real average
+    saved = model.config
+    scores = {}
+    try:
+        for n in (1, 8):
+            model.config = saved.replace(gate_symmetries=n)
+            scores[n] = model.artifact_score(prepared)
+    finally:
+        model.config = saved
+    assert scores[8] == pytest.approx(np.mean(each), abs=1e-5)
+    assert scores[1] == pytest.approx(each[0], abs=1e-5)
+    both = classifier_probabilities(model.classifier, view.repeat(3, 1, 1, 1), torch.device("cpu"),
+                                    batch_size=16, amp=False, symmetries=8)
+    np.testing.assert_allclose(both, np.mean(each), atol=1e-5)

@@ -12,7 +12,7 @@ from ..config import ArtSegConfig
 from ..device import autocast
 from ..metrics import classification_counts
 from ..models import ResNetClassifier
-from .data import TrainingItem, d4, epoch_order, global_view
+from .data import TrainingItem, d4, epoch_order, global_view, symmetry_mean
 from .ddp import local_batch, rank_generator, rank_share
 from .events import ProgressEvent
 from .loop import FitResult, fit
@@ -34,15 +34,22 @@ def global_views(items: list[TrainingItem], config: ArtSegConfig) -> torch.Tenso
 @torch.inference_mode()
 def classifier_probabilities(
     model: ResNetClassifier, views: torch.Tensor, device: torch.device, batch_size: int = 16,
-    amp: bool = True,
+    amp: bool = True, symmetries: int = 1,
 ) -> np.ndarray:
-    """P(artifact) for a stack of views (N, 1, S, S), computed in batches."""
+    """P(artifact) for a stack of views (N, 1, S, S), computed in batches.
+
+    With ``symmetries`` > 1 each view's P(artifact) is the mean over that many of the
+    square's symmetries (the gate's test-time augmentation, ``gate_symmetries``).
+    """
     model.eval()
+
+    def probability(batch: torch.Tensor) -> torch.Tensor:
+        with autocast(device, amp):
+            return torch.sigmoid(model(batch.to(device)).float())
+
     out = []
     for start in range(0, len(views), batch_size):
-        with autocast(device, amp):
-            logits = model(views[start:start + batch_size].to(device))
-        out.append(torch.sigmoid(logits.float()).cpu())
+        out.append(symmetry_mean(probability, views[start:start + batch_size], symmetries).cpu())
     return torch.cat(out).numpy() if out else np.zeros(0, dtype=np.float32)
 
 

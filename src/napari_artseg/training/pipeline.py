@@ -125,7 +125,7 @@ def _choose_thresholds(classifier, unet, items, val_idx, config, device, pseudo)
     val_items = [items[i] for i in val_idx]
     labels = np.array([item.label for item in val_items])
     scores = classifier_probabilities(classifier, global_views(val_items, config), device,
-                                      amp=config.amp)
+                                      amp=config.amp, symmetries=config.gate_symmetries)
     probs = [unet_probability(unet, item.image, config, device).cpu().numpy() for item in val_items]
     targets = [item.target[0].numpy() >= 0.5 for item in val_items]
     curated = np.array([item.curated for item in val_items])
