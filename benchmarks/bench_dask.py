@@ -153,10 +153,9 @@ import sys
 import torch
 torch.set_num_threads(1)
 from napari_artseg.cli import main
+from napari_artseg.process_memory import peak_rss_kib
 status = main(sys.argv[1:])
-with open("/proc/self/status") as handle:
-    peak = next(line.split()[1] for line in handle if line.startswith("VmHWM:"))
-print("PEAK_KB", peak, flush=True)
+print("PEAK_KB", peak_rss_kib(), flush=True)
 sys.exit(status)
 """
 

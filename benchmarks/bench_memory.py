@@ -2,7 +2,8 @@
 
 Each measurement is a fresh child process running ``artseg predict`` (the CLI's
 ``main``) on the file, gate off so the U-Net runs on every tile; its peak
-resident memory (``ru_maxrss``, which counts torch's CPU tensors) is printed by
+resident memory (VmHWM, :func:`napari_artseg.process_memory.peak_rss_kib`, which counts
+torch's CPU tensors and, unlike ``ru_maxrss``, not this driver's own peak) is printed by
 the child itself. The networks are untrained (memory does not depend on the
 weights). A child that only imports the package and loads the model gives the
 fixed part. Without ``--quick`` both prediction paths are measured: the
@@ -41,8 +42,9 @@ from napari_artseg.training.classifier import build_classifier
 from napari_artseg.training.segmenter import build_unet
 
 CHILD = r"""
-import resource, sys, time
+import sys, time
 import torch
+from napari_artseg.process_memory import peak_rss_kib
 torch.set_num_threads(int(sys.argv[1]))
 import napari_artseg.large_images as large
 path, argv = sys.argv[2], sys.argv[3:]
@@ -59,7 +61,7 @@ else:
     from napari_artseg.cli import main
     status = main(argv)
 print("SECONDS", time.perf_counter() - start)
-print("MAXRSS_KB", resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
+print("MAXRSS_KB", peak_rss_kib())
 sys.exit(status)
 """
 

@@ -23,6 +23,7 @@ import numpy as np
 import torch
 
 from ...normalize import mask_to_scale, prepare_image
+from ...process_memory import reset_peak_rss, status_kib
 from ...synth import generate_sample, image_rng
 from . import DETECTORS
 from .patches import auroc
@@ -71,19 +72,6 @@ def measure(name: str, params: dict, clean, test, seed: int) -> tuple[dict, obje
             "score_s": score_s}, detector
 
 
-def _status_mib(field: str) -> float:
-    """A ``/proc/self/status`` memory field (e.g. VmRSS, VmHWM) in MiB."""
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith(field + ":"):
-            return float(line.split()[1]) / 1024.0
-    raise OSError(f"/proc/self/status has no {field}")
-
-
-def _reset_peak_rss() -> None:
-    """Reset the peak resident set size (VmHWM) to the current one (Linux >= 4.0)."""
-    Path("/proc/self/clear_refs").write_text("5")
-
-
 def score_large_child(name: str, params_path: str, state_path: str, size: int) -> None:
     """Child-process entry: load a detector, score a ``size`` px image, print the peak-RSS
     rise in MiB."""
@@ -93,10 +81,11 @@ def score_large_child(name: str, params_path: str, state_path: str, size: int) -
     detector = DETECTORS[name](json.loads(Path(params_path).read_text()))
     detector.load_state_tensors(load_file(state_path))
     image = torch.randn(1, size, size, generator=torch.Generator().manual_seed(0))
-    _reset_peak_rss()
-    before = _status_mib("VmRSS")
+    reset_peak_rss()
+    before = status_kib("VmRSS") / 1024.0
     scores = detector.score_map(image)
-    print(json.dumps({"peak_mib": _status_mib("VmHWM") - before, "shape": list(scores.shape)}))
+    peak = status_kib("VmHWM") / 1024.0 - before
+    print(json.dumps({"peak_mib": peak, "shape": list(scores.shape)}))
 
 
 def peak_scoring_memory(detector, size: int) -> float:
