@@ -28,6 +28,7 @@ import argparse
 import csv
 import json
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -46,7 +47,7 @@ from napari_artseg.training.data import load_training_items
 from napari_artseg.training.segmenter import unet_probability
 from napari_artseg.training.thresholds import choose_gate_and_mask
 
-HEADLINE = ("cls_f1", "pixel_precision", "pixel_recall", "pixel_iou")
+HEADLINE = ("cls_f1", "pixel_precision", "pixel_recall", "pixel_iou", "predict_s_per_image")
 
 
 def validation_data(model: ArtSegModel, folder: Path, train: Path):
@@ -81,7 +82,9 @@ def evaluate(folder: Path, train: Path, test, symmetries: int) -> dict[str, dict
     model = ArtSegModel.load(folder, device="cpu")
     model.config = model.config.replace(gate_symmetries=symmetries)
     labels, scores, probs, targets, median_area = validation_data(model, folder, train)
+    start = time.perf_counter()
     results = [model.predict(image, gate=False) for _, image, _, _, _ in test]
+    seconds = (time.perf_counter() - start) / len(test)  # gate score + tiled U-Net per image
     out = {}
     for rule in GATE_RULES:
         gate, threshold, fraction, _ = choose_gate_and_mask(
@@ -96,7 +99,8 @@ def evaluate(folder: Path, train: Path, test, symmetries: int) -> dict[str, dict
                                            gate=False).mask)
         row = score(preds, [bool(p.any()) for p in preds], test)
         out[variant(rule, symmetries)] = {"gate": gate, "mask": threshold,
-                                          "min_size_px": min_size, **row}
+                                          "min_size_px": min_size, **row,
+                                          "predict_s_per_image": seconds}
         print(f"{folder.name} {variant(rule, symmetries)}: gate {gate:.3f} mask {threshold} "
               f"min size {min_size}: "
               + ", ".join(f"{k} {row[k]:.3f}" for k in HEADLINE), flush=True)

@@ -76,7 +76,7 @@ class ArtSegConfig:
     scorecam_weighting: str = "probability"
     scorecam_batch_size: int | str = 32
     scorecam_max_channels: int | None = 32
-    scorecam_stage: int = 4
+    scorecam_stage: int = 3
     scorecam_score_scale: float = 1.0
     pseudo_label_rule: str = "otsu"
     pseudo_label_per_image: bool = False
@@ -287,7 +287,8 @@ def _is_real(value: Any) -> bool:
 
 PRESETS: dict[str, dict[str, Any]] = {
     # CPU-friendly: narrow networks, the classifier sees 512 px, the U-Net 256 px crops and
-    # tiles at full resolution; trains in about half an hour on 2 cores (docs/accuracy.md).
+    # tiles at full resolution; 200 images of 512 px trained in 61-75 min on one shared core
+    # (docs/accuracy.md).
     "fast": {},
     # The paper's settings (ResNet50, U-Net 64 filters, 1024 px, 150 epochs): for GPUs.
     "paper": {
@@ -297,6 +298,7 @@ PRESETS: dict[str, dict[str, Any]] = {
         "unet_width": 64,
         "scorecam_max_channels": None,
         "resnet_pool": "avg",
+        "scorecam_stage": 4,
         "gate_symmetries": 1,
         "input_size": 1024,
         "unet_input_size": None,

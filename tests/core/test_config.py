@@ -41,6 +41,7 @@ def test_fast_preset_classifier_view_and_unet_squares_differ():
     config = preset("fast")
     assert (config.input_size, config.unet_size, config.scale) == (512, 256, 1.0)
     assert config.resnet_pool == "lse" and preset("paper").resnet_pool == "avg"
+    assert config.scorecam_stage == 3 and preset("paper").scorecam_stage == 4
     assert preset("paper").unet_size == 1024 and preset("tiny").unet_size == 64
 
 

@@ -203,7 +203,8 @@ def test_config_scorecam_passes_score_scale_and_auto_batch_size() -> None:
     torch.manual_seed(2)
     net = ResNetClassifier(depth=18, width=4, stem_pool=False).eval()
     image = torch.randn(1, 1, 64, 64)
-    config = preset("tiny", scorecam_batch_size="auto", scorecam_score_scale=0.5)
+    config = preset("tiny", scorecam_batch_size="auto", scorecam_score_scale=0.5,
+                    scorecam_stage=4)  # the network's own features: compared with scorecam(net)
     config = ArtSegConfig.from_dict(json.loads(config.to_json()))  # as read from a model folder
     assert config.scorecam_batch_size == "auto"
     coarse = config_scorecam(net, image, config)
