@@ -8,16 +8,25 @@ recall, F1, IoU, object F1, and pixel IoU per artifact kind. Several training
 seeds give mean and spread. Thresholds of the learned models are chosen on the
 training data's validation split only (the test set is never used to choose).
 
+With ``--classifier-from PATTERN`` (``{seed}`` is replaced by the seed) the classifier of an
+earlier run's model folder is kept (``classifier_epochs=0``, an ``--init`` parent holding only
+that classifier) and everything after it is trained afresh: Score-CAM pseudo-labels, the U-Net,
+self-training and the thresholds. It isolates a change after the classifier (e.g.
+``--set scorecam_stage=3``) at a fraction of the training time.
+
 Usage::
 
     python benchmarks/bench_accuracy.py                 # 200 train / 100 test at 512 px, 3 seeds
     python benchmarks/bench_accuracy.py --quick         # a smoke run in a few minutes
+    python benchmarks/bench_accuracy.py --seeds 0 --supervised-seeds --set scorecam_stage=3 \
+        --classifier-from WORK/model-weak-seed{seed}-default
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import time
 from pathlib import Path
 
@@ -84,15 +93,36 @@ def score(preds: list[np.ndarray], calls: list[bool], test) -> dict[str, float]:
     return row
 
 
+def classifier_only(source: Path, work: Path) -> Path:
+    """A copy of a model folder holding only its classifier (a ``partial`` model).
+
+    As the ``init`` of a training run it gives that run this classifier and a fresh U-Net.
+    """
+    target = work / f"classifier-of-{source.name}"
+    if not (target / "config.json").is_file():
+        staging = target.with_name(target.name + ".partial")
+        shutil.rmtree(staging, ignore_errors=True)
+        staging.mkdir(parents=True)
+        shutil.copy2(source / "classifier.safetensors", staging)
+        document = json.loads((source / "config.json").read_text(encoding="utf-8"))
+        document.update(components=["classifier"], status="partial")
+        (staging / "config.json").write_text(json.dumps(document, indent=1), encoding="utf-8")
+        staging.rename(target)
+    return target
+
+
 def train_model(
-    train: Path, out: Path, seed: int, masks: bool, overrides: dict
+    train: Path, out: Path, seed: int, masks: bool, overrides: dict, init: Path | None = None
 ) -> tuple[Path, float]:
-    """Train one model; returns its folder and the training time in seconds."""
+    """Train one model (keeping the classifier of ``init`` when given); returns its folder
+    and the training time in seconds."""
     labels = read_labels_csv(train / "labels.csv").labels
+    if init is not None:
+        overrides = {**overrides, "classifier_epochs": 0}
     config = preset("fast", seed=seed, **overrides)
     start = time.perf_counter()
     generator = train_pipeline(train / "images", labels, out, config,
-                               masks_dir=train / "masks" if masks else None)
+                               masks_dir=train / "masks" if masks else None, init=init)
     for event in generator:
         if event.kind == "epoch":
             print(f"    {event.stage} {event.message}", flush=True)
@@ -159,6 +189,8 @@ def main() -> None:
     parser.add_argument("--json", default="benchmarks/results/accuracy.json")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                         help="config override for the learned models")
+    parser.add_argument("--classifier-from", metavar="PATTERN",
+                        help="keep the classifier of this model folder ({seed}: the seed)")
     args = parser.parse_args()
     overrides = {k: json.loads(v) for k, v in (s.split("=", 1) for s in args.set)}
     if args.quick:
@@ -172,6 +204,8 @@ def main() -> None:
     runs: dict[str, list[dict[str, float]]] = {"ScoreCAM-U-Net (image labels)": [],
                                                "U-Net (true masks, upper bound)": []}
     tag = "-".join(f"{k}={v}" for k, v in sorted(overrides.items())) or "default"
+    if args.classifier_from:
+        tag += "-kept-classifier"
     supervised = args.seeds if args.supervised_seeds is None else args.supervised_seeds
     for seed in sorted(set(args.seeds) | set(supervised)):
         for method, masks in (("ScoreCAM-U-Net (image labels)", False),
@@ -182,7 +216,9 @@ def main() -> None:
             print(f"{method}, seed {seed}", flush=True)
             train_s = 0.0
             if not (folder / "config.json").is_file():
-                folder, train_s = train_model(train, folder, seed, masks, overrides)
+                init = (classifier_only(Path(args.classifier_from.format(seed=seed)), work)
+                        if args.classifier_from else None)
+                folder, train_s = train_model(train, folder, seed, masks, overrides, init)
             row, per_image = evaluate_model(folder, test)
             row.update(train_s=train_s, predict_s_per_image=per_image)
             print(f"  {json.dumps({k: round(v, 3) for k, v in row.items()})}", flush=True)
