@@ -97,10 +97,10 @@ def evaluate(folder: Path, train: Path, test, symmetries: int) -> dict[str, dict
             else:
                 preds.append(model.predict(image, threshold=threshold, min_size_px=min_size,
                                            gate=False).mask)
-        row = score(preds, [bool(p.any()) for p in preds], test)
+        row = {**score(preds, [bool(p.any()) for p in preds], test),
+               "predict_s_per_image": seconds}
         out[variant(rule, symmetries)] = {"gate": gate, "mask": threshold,
-                                          "min_size_px": min_size, **row,
-                                          "predict_s_per_image": seconds}
+                                          "min_size_px": min_size, **row}
         print(f"{folder.name} {variant(rule, symmetries)}: gate {gate:.3f} mask {threshold} "
               f"min size {min_size}: "
               + ", ".join(f"{k} {row[k]:.3f}" for k in HEADLINE), flush=True)
