@@ -164,8 +164,9 @@ def symmetry_mean(score: Callable[[torch.Tensor], torch.Tensor], views: torch.Te
                   symmetries: int) -> torch.Tensor:
     """The mean of ``score`` over ``views`` under the first ``symmetries`` elements of :func:`d4`.
 
-    One call of ``score`` per symmetry (on this CPU, eight passes of one view took 0.38 s
-    against 0.56 s for one pass of the eight stacked, width-8 ResNet18 at 512 px).
+    One call of ``score`` per symmetry (on this CPU, one thread, machine shared: eight passes
+    of one view took 0.38 s against 0.56 s for one pass of the eight stacked, width-8
+    ResNet18 at 512 px).
 
     Parameters
     ----------
