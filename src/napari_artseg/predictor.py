@@ -24,7 +24,8 @@ from .models import ResNetClassifier
 from .normalize import prepare_image, resize
 from .postprocess import clean_mask
 from .tiling import predict_tiled
-from .training.data import global_view, symmetry_mean
+from .training.classifier import classifier_probabilities
+from .training.data import global_view
 
 
 @dataclass
@@ -182,19 +183,17 @@ class ArtSegModel:
         """The gate score of a prepared image, in [0, 1].
 
         The classifier's P(artifact) when the method has one (the mean over
-        ``gate_symmetries`` of the square's symmetries of its view); otherwise the
-        maximum of the method's probability map (a calibrated probability for every
-        method).
+        ``gate_symmetries`` of the square's symmetries of its view), computed by
+        the function that scores the validation images when the gate is chosen;
+        otherwise the maximum of the method's probability map (a calibrated
+        probability for every method).
         """
         if self.classifier is None:
             return float(self.processing_map(prepared).max())
-        view = global_view(prepared, self.config.input_size)[None].to(self.device)
-
-        def probability(views: torch.Tensor) -> torch.Tensor:
-            return torch.sigmoid(self.inference_classifier(views).float())
-
-        with torch.inference_mode(), autocast(self.device, self.config.amp):
-            return float(symmetry_mean(probability, view, self.config.gate_symmetries)[0])
+        view = global_view(prepared, self.config.input_size)[None]
+        return float(classifier_probabilities(self.inference_classifier, view, self.device,
+                                              amp=self.config.amp,
+                                              symmetries=self.config.gate_symmetries)[0])
 
     def processing_map(self, prepared: torch.Tensor, batch_size: int = 4) -> torch.Tensor:
         """The method's artifact probability (h, w) at the processing scale, on the CPU.
