@@ -45,7 +45,8 @@ def _brute_force(probs, labels, passed, targets, curated):
             union = sum(float(np.sum(m | t)) for m, t in pairs)
             iou = inter / union if union else 1.0
             f1 = f1_score(np.array([m.any() for m in masks]), labels)
-            key = (round(iou, 4), round(f1, 4)) if use_curated else (round(f1, 4), round(iou, 4))
+            key = ((round(iou, 4), round(f1, 4)) if use_curated
+                   else (round(f1, 4), -abs(threshold - 0.5), round(iou, 4)))
             if best_key is None or key > best_key:
                 best_key, best = key, (threshold, fraction, f1, iou)
     return best
@@ -64,6 +65,30 @@ def test_mask_search_equals_masking_every_setting(seed):
     assert (threshold, fraction) == want[:2]
     assert report["val_image_f1"] == pytest.approx(want[2])
     assert report["val_target_iou"] == pytest.approx(want[3])
+
+
+def test_image_f1_ties_go_to_the_threshold_nearest_half_not_to_bloated_targets():
+    # each artifact map is a bright core (0.9) in a halo (0.15); the targets are the bloated
+    # core + halo a Score-CAM pseudo-label gives. Every threshold up to 0.9 finds the same
+    # images, so image F1 ties; the targets would pull the threshold down into the halo.
+    probs, targets = [], []
+    for _ in range(4):
+        prob = np.zeros((32, 32), np.float32)
+        prob[4:28, 4:28] = 0.15
+        prob[12:20, 12:20] = 0.9
+        probs.append(prob)
+        targets.append(prob > 0.1)
+    probs += [np.zeros((32, 32), np.float32)] * 2
+    targets += [np.zeros((32, 32), bool)] * 2
+    labels = np.array([1, 1, 1, 1, 0, 0], bool)
+    threshold, _, report = choose_mask_settings(probs, labels, np.ones(6, bool), targets,
+                                                np.zeros(6, bool))
+    assert threshold == 0.5
+    assert report["val_image_f1"] == 1.0
+    # with curated masks their IoU decides: the halo is part of the truth here
+    threshold, _, _ = choose_mask_settings(probs, labels, np.ones(6, bool), targets,
+                                           np.ones(6, bool))
+    assert threshold == 0.1
 
 
 def test_gate_candidates_add_the_missed_artifacts_and_no_gate():

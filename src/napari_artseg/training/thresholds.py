@@ -2,9 +2,9 @@
 
 With curated masks among the validation images the mask threshold and minimum
 size maximise pixel IoU on them. Without, they maximise the image-level F1 of
-"the final mask is non-empty" against the labels, ties broken by IoU against the
-validation pseudo-labels (or, for a method without pixel targets, by closeness of
-the threshold to 0.5). Test data is never used.
+"the final mask is non-empty" against the labels; ties go to the mask threshold
+nearest 0.5 and then to the best IoU against the validation targets (pseudo-labels
+or self-training targets), which decides the minimum size. Test data is never used.
 
 The gate is the cut-off that maximises the gate score's own validation F1
 (``gate_rule="classifier"``, the default), or it is searched jointly with the
@@ -103,11 +103,22 @@ class _Components:
         return bool(keep.any()), float(sizes[keep].sum()), float(overlap[keep].sum())
 
 
+def _objective(use_curated: bool, threshold: float, f1: float, iou: float) -> tuple:
+    """The key a mask setting is ranked by (larger is better).
+
+    Curated masks: their IoU, then the image F1. Otherwise the image F1, then the mask
+    threshold nearest 0.5 (the U-Net's own decision point), then IoU against the targets
+    (which then only decides the minimum size).
+    """
+    if use_curated:
+        return round(iou, 4), round(f1, 4)
+    return round(f1, 4), -abs(threshold - 0.5), round(iou, 4)
+
+
 def _search_mask(components: _Components, labels: np.ndarray, gate_passed: np.ndarray,
                  has_target: list[bool], curated: np.ndarray) -> tuple[tuple, float, float, dict]:
     """The best mask threshold and minimum size for one gate, with its objective key."""
     use_curated = bool(np.any(curated))
-    any_target = any(has_target)
     best_key, best = None, (0.5, 0.0, {})
     for threshold in MASK_CANDIDATES:
         for fraction in MIN_SIZE_FRACTIONS:
@@ -121,9 +132,7 @@ def _search_mask(components: _Components, labels: np.ndarray, gate_passed: np.nd
                     union += area + components.target_sums[i] - overlap
             iou = inter / union if union else 1.0
             f1 = f1_score(np.array(nonempty, dtype=bool), labels)
-            key = (round(iou, 4), round(f1, 4)) if use_curated else (round(f1, 4), round(iou, 4))
-            if not any_target:
-                key = (round(f1, 4), -abs(threshold - 0.5))
+            key = _objective(use_curated, threshold, f1, iou)
             if best_key is None or key > best_key:
                 best_key = key
                 best = (threshold, fraction, {"val_image_f1": f1, "val_target_iou": iou})
