@@ -179,7 +179,8 @@ def main() -> None:
     """Run the benchmark and print the table."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="tiny sizes, one seed")
-    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--seeds", type=int, nargs="*", default=[0, 1, 2],
+                        help="seeds of the weak models (none: only the upper bound)")
     parser.add_argument("--supervised-seeds", type=int, nargs="*",
                         help="seeds for the upper bound (default: the same as --seeds)")
     parser.add_argument("--n-train", type=int, default=200)

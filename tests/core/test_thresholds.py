@@ -31,9 +31,10 @@ def _maps(rng: np.random.Generator, n: int) -> tuple[list[np.ndarray], list[np.n
     return probs, targets
 
 
-def _brute_force(probs, labels, passed, targets, curated):
+def _brute_force(probs, labels, passed, targets, curated, own_targets):
     """The best (threshold, size) found by masking every setting directly."""
     use_curated = bool(np.any(curated))
+    toward_half = own_targets or all(t is None for t in targets)
     best_key, best = None, None
     for threshold in MASK_CANDIDATES:
         for fraction in MIN_SIZE_FRACTIONS:
@@ -45,8 +46,12 @@ def _brute_force(probs, labels, passed, targets, curated):
             union = sum(float(np.sum(m | t)) for m, t in pairs)
             iou = inter / union if union else 1.0
             f1 = f1_score(np.array([m.any() for m in masks]), labels)
-            key = ((round(iou, 4), round(f1, 4)) if use_curated
-                   else (round(f1, 4), -abs(threshold - 0.5), round(iou, 4)))
+            if use_curated:
+                key = (round(iou, 4), round(f1, 4))
+            elif toward_half:
+                key = (round(f1, 4), -abs(threshold - 0.5), round(iou, 4))
+            else:
+                key = (round(f1, 4), round(iou, 4))
             if best_key is None or key > best_key:
                 best_key, best = key, (threshold, fraction, f1, iou)
     return best
@@ -60,17 +65,18 @@ def test_mask_search_equals_masking_every_setting(seed):
     labels = rng.random(7) < 0.5
     passed = rng.random(7) < 0.7
     curated = np.array([t is not None and seed % 2 == 1 and i < 3 for i, t in enumerate(targets)])
-    threshold, fraction, report = choose_mask_settings(probs, labels, passed, targets, curated)
-    want = _brute_force(probs, labels, passed, targets, curated)
+    own = seed in (0, 3)
+    threshold, fraction, report = choose_mask_settings(probs, labels, passed, targets, curated,
+                                                       own_targets=own)
+    want = _brute_force(probs, labels, passed, targets, curated, own)
     assert (threshold, fraction) == want[:2]
     assert report["val_image_f1"] == pytest.approx(want[2])
     assert report["val_target_iou"] == pytest.approx(want[3])
 
 
-def test_image_f1_ties_go_to_the_threshold_nearest_half_not_to_bloated_targets():
-    # each artifact map is a bright core (0.9) in a halo (0.15); the targets are the bloated
-    # core + halo a Score-CAM pseudo-label gives. Every threshold up to 0.9 finds the same
-    # images, so image F1 ties; the targets would pull the threshold down into the halo.
+def test_image_f1_ties_follow_the_targets_or_move_toward_half_when_they_are_the_unets_own():
+    # each artifact map is a bright core (0.9) in a halo (0.15); the targets cover core and
+    # halo. Every threshold up to 0.9 finds the same images, so image F1 ties.
     probs, targets = [], []
     for _ in range(4):
         prob = np.zeros((32, 32), np.float32)
@@ -81,10 +87,18 @@ def test_image_f1_ties_go_to_the_threshold_nearest_half_not_to_bloated_targets()
     probs += [np.zeros((32, 32), np.float32)] * 2
     targets += [np.zeros((32, 32), bool)] * 2
     labels = np.array([1, 1, 1, 1, 0, 0], bool)
-    threshold, _, report = choose_mask_settings(probs, labels, np.ones(6, bool), targets,
-                                                np.zeros(6, bool))
-    assert threshold == 0.5
+    passed, uncurated = np.ones(6, bool), np.zeros(6, bool)
+    # Score-CAM pseudo-labels: the IoU against them breaks the tie (down into the halo)
+    threshold, _, report = choose_mask_settings(probs, labels, passed, targets, uncurated)
+    assert threshold == 0.1
     assert report["val_image_f1"] == 1.0
+    # the U-Net's own 0.5-cut masks as targets: the threshold nearest 0.5
+    threshold, _, _ = choose_mask_settings(probs, labels, passed, targets, uncurated,
+                                           own_targets=True)
+    assert threshold == 0.5
+    # no pixel targets at all: nearest 0.5 as well
+    threshold, _, _ = choose_mask_settings(probs, labels, passed, [None] * 6, uncurated)
+    assert threshold == 0.5
     # with curated masks their IoU decides: the halo is part of the truth here
     threshold, _, _ = choose_mask_settings(probs, labels, np.ones(6, bool), targets,
                                            np.ones(6, bool))

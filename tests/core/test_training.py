@@ -203,3 +203,21 @@ def test_fine_tuning_trains_at_the_fine_tune_share_of_the_learning_rate(
     _, scratch = run_all(train_pipeline(tiny_dataset / "images", labels, tmp_path / "s", config))
     rows = (scratch / "history_unet.csv").read_text().splitlines()
     assert float(rows[1].split(",")[rows[0].split(",").index("lr")]) == pytest.approx(0.004)
+
+
+@pytest.mark.parametrize("rounds", [0, 1])
+def test_mask_ties_move_toward_half_only_after_the_unet_made_its_own_targets(
+        tiny_dataset, labels, tmp_path, monkeypatch, rounds):
+    from napari_artseg.training import pipeline
+
+    seen = []
+    real = pipeline.choose_gate_and_mask
+
+    def recording(*args):
+        seen.append(args[-1])  # own_targets
+        return real(*args)
+
+    monkeypatch.setattr(pipeline, "choose_gate_and_mask", recording)
+    config = preset("tiny", self_training_rounds=rounds)
+    run_all(train_pipeline(tiny_dataset / "images", labels, tmp_path / "m", config))
+    assert seen == [rounds > 0]

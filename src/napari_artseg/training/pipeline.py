@@ -120,8 +120,12 @@ def _cache_report(cache: SaliencyCache | None) -> dict[str, Any]:
     return report
 
 
-def _choose_thresholds(classifier, unet, items, val_idx, config, device, pseudo):
-    """Gate, mask and minimum-size settings chosen on the validation split."""
+def _choose_thresholds(classifier, unet, items, val_idx, config, device, pseudo, own_targets):
+    """Gate, mask and minimum-size settings chosen on the validation split.
+
+    ``own_targets``: the pseudo-labelled images' targets are the U-Net's own masks
+    (self-training or a parent's masks), which moves ties toward a mask threshold of 0.5.
+    """
     val_items = [items[i] for i in val_idx]
     labels = np.array([item.label for item in val_items])
     scores = classifier_probabilities(classifier, global_views(val_items, config), device,
@@ -130,7 +134,8 @@ def _choose_thresholds(classifier, unet, items, val_idx, config, device, pseudo)
     targets = [item.target[0].numpy() >= 0.5 for item in val_items]
     curated = np.array([item.curated for item in val_items])
     gate, threshold, fraction, report = choose_gate_and_mask(
-        scores, labels, probs, targets, curated, config.gate_rule, config.gate_threshold)
+        scores, labels, probs, targets, curated, config.gate_rule, config.gate_threshold,
+        own_targets)
     if config.mask_threshold is not None:
         threshold = config.mask_threshold
     median_area = float(np.median([np.prod(item.full_shape) for item in items]))
@@ -283,8 +288,9 @@ def train_scorecam_unet(
             fit_u = fit_r
         networks["unet"] = unet
         yield ProgressEvent("thresholds", kind="stage", message="choosing thresholds")
+        own_targets = rounds > 0 or "parent_mask_targets" in pseudo_report
         thresholds, report = _choose_thresholds(classifier, unet, items, val_idx, config, device,
-                                                pseudo)
+                                                pseudo, own_targets)
         metadata.update(thresholds=thresholds, pseudo_labels=pseudo_report,
                         validation_metrics={
                             "classifier": fit_c.history[fit_c.best_epoch - 1] if fit_c.history

@@ -2,9 +2,11 @@
 
 With curated masks among the validation images the mask threshold and minimum
 size maximise pixel IoU on them. Without, they maximise the image-level F1 of
-"the final mask is non-empty" against the labels; ties go to the mask threshold
-nearest 0.5 and then to the best IoU against the validation targets (pseudo-labels
-or self-training targets), which decides the minimum size. Test data is never used.
+"the final mask is non-empty" against the labels. Ties go to the best IoU against
+the validation targets when those are Score-CAM pseudo-labels; when they are the
+U-Net's own masks cut at 0.5 (self-training, a parent's masks) or there are none,
+ties go to the mask threshold nearest 0.5 first (the IoU then decides the minimum
+size). Test data is never used.
 
 The gate is the cut-off that maximises the gate score's own validation F1
 (``gate_rule="classifier"``, the default), or it is searched jointly with the
@@ -103,22 +105,26 @@ class _Components:
         return bool(keep.any()), float(sizes[keep].sum()), float(overlap[keep].sum())
 
 
-def _objective(use_curated: bool, threshold: float, f1: float, iou: float) -> tuple:
+def _objective(use_curated: bool, toward_half: bool, threshold: float, f1: float,
+               iou: float) -> tuple:
     """The key a mask setting is ranked by (larger is better).
 
-    Curated masks: their IoU, then the image F1. Otherwise the image F1, then the mask
-    threshold nearest 0.5 (the U-Net's own decision point), then IoU against the targets
-    (which then only decides the minimum size).
+    Curated masks: their IoU, then the image F1. Otherwise the image F1, then (with
+    ``toward_half``) the mask threshold nearest 0.5, then IoU against the targets.
     """
     if use_curated:
         return round(iou, 4), round(f1, 4)
-    return round(f1, 4), -abs(threshold - 0.5), round(iou, 4)
+    if toward_half:
+        return round(f1, 4), -abs(threshold - 0.5), round(iou, 4)
+    return round(f1, 4), round(iou, 4)
 
 
 def _search_mask(components: _Components, labels: np.ndarray, gate_passed: np.ndarray,
-                 has_target: list[bool], curated: np.ndarray) -> tuple[tuple, float, float, dict]:
+                 has_target: list[bool], curated: np.ndarray,
+                 own_targets: bool) -> tuple[tuple, float, float, dict]:
     """The best mask threshold and minimum size for one gate, with its objective key."""
     use_curated = bool(np.any(curated))
+    toward_half = own_targets or not any(has_target)
     best_key, best = None, (0.5, 0.0, {})
     for threshold in MASK_CANDIDATES:
         for fraction in MIN_SIZE_FRACTIONS:
@@ -132,7 +138,7 @@ def _search_mask(components: _Components, labels: np.ndarray, gate_passed: np.nd
                     union += area + components.target_sums[i] - overlap
             iou = inter / union if union else 1.0
             f1 = f1_score(np.array(nonempty, dtype=bool), labels)
-            key = _objective(use_curated, threshold, f1, iou)
+            key = _objective(use_curated, toward_half, threshold, f1, iou)
             if best_key is None or key > best_key:
                 best_key = key
                 best = (threshold, fraction, {"val_image_f1": f1, "val_target_iou": iou})
@@ -145,6 +151,7 @@ def choose_mask_settings(
     gate_passed: np.ndarray,
     targets: list[np.ndarray | None],
     curated: np.ndarray,
+    own_targets: bool = False,
 ) -> tuple[float, float, dict[str, float]]:
     """Choose the mask threshold and the minimum object size on validation images.
 
@@ -161,6 +168,10 @@ def choose_mask_settings(
         image has none (it then counts for the F1 only).
     curated : numpy.ndarray
         Which targets are curated masks.
+    own_targets : bool
+        The uncurated targets are the U-Net's own masks cut at 0.5 (self-training, a
+        parent's masks): ties in image F1 then go to the threshold nearest 0.5 rather
+        than to the IoU against them.
 
     Returns
     -------
@@ -172,7 +183,7 @@ def choose_mask_settings(
     """
     _, threshold, fraction, report = _search_mask(
         _Components(probs, targets), np.asarray(labels).astype(bool), np.asarray(gate_passed),
-        [t is not None for t in targets], np.asarray(curated, dtype=bool))
+        [t is not None for t in targets], np.asarray(curated, dtype=bool), own_targets)
     return threshold, fraction, report
 
 
@@ -184,6 +195,7 @@ def choose_gate_and_mask(
     curated: np.ndarray,
     rule: str = "joint",
     gate: float | None = None,
+    own_targets: bool = False,
 ) -> tuple[float, float, float, dict[str, Any]]:
     """Choose the gate, mask threshold and minimum size together on validation images.
 
@@ -193,7 +205,7 @@ def choose_gate_and_mask(
         Gate scores (P(artifact)) of the validation images.
     labels : numpy.ndarray
         Image labels (1 artifact).
-    probs, targets, curated
+    probs, targets, curated, own_targets
         As in :func:`choose_mask_settings`.
     rule : str
         ``joint`` or ``classifier`` (see :func:`gate_candidates`).
@@ -219,7 +231,7 @@ def choose_gate_and_mask(
     best = None
     for candidate in candidates:
         key, threshold, fraction, report = _search_mask(components, labels, scores >= candidate,
-                                                        has_target, curated)
+                                                        has_target, curated, own_targets)
         if best is None or key > best[0]:
             best = (key, candidate, threshold, fraction, report)
     _, chosen, threshold, fraction, report = best
