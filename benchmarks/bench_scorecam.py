@@ -1,7 +1,8 @@
 """Score-CAM speed: fast exact mode vs the one-channel-per-pass reference, approximations.
 
 On one ``fast``-preset classifier (trained briefly here on synthetic images, or
-the classifier of a model folder given with ``--model``) and the same views:
+the classifier of a model folder given with ``--model``), its ``scorecam_stage`` as the
+target layer (the model's own with ``--model``), and the same views:
 
 1. exact fast mode (``scorecam``) vs the reference loop (``scorecam_reference``):
    maximum absolute difference (must be < 1e-4 in fp32) and speed-up (target >= 1.5x);
@@ -44,6 +45,7 @@ from napari_artseg.config import preset
 from napari_artseg.device import resolve_device
 from napari_artseg.image_files import read_mask
 from napari_artseg.labels_file import read_labels_csv
+from napari_artseg.models.resnet import cam_target
 from napari_artseg.normalize import mask_to_scale
 from napari_artseg.scorecam import scorecam, scorecam_reference
 from napari_artseg.scorecam_passes import CpuWorkers, resolve_workers
@@ -63,14 +65,16 @@ def make_set(folder: Path, n: int, size: int, seed: int) -> Path:
 
 
 def trained_classifier(args, config, device) -> torch.nn.Module:
-    """The classifier of ``--model``, or one trained briefly on a synthetic set."""
+    """The Score-CAM target (the config's ``scorecam_stage``) of the classifier of ``--model``,
+    or of one trained briefly on a synthetic set."""
     if args.model:
         from napari_artseg.model_files import load_weights, read_model_document
 
         document = read_model_document(args.model)
         classifier = build_classifier(document["config"])
         load_weights(Path(args.model), "classifier", classifier)
-        return classifier.to(device).eval()
+        stage = document["config"].scorecam_stage
+        return cam_target(classifier, stage).to(device).eval()
     from safetensors.torch import load_file, save_file
 
     train = make_set(Path(args.work) / f"train-n{args.n_train}-s{args.size}", args.n_train,
@@ -80,7 +84,7 @@ def trained_classifier(args, config, device) -> torch.nn.Module:
         classifier = build_classifier(config)
         classifier.load_state_dict(load_file(str(cached)))
         print(f"classifier reused from {cached}", flush=True)
-        return classifier.to(device).eval()
+        return cam_target(classifier, config.scorecam_stage).to(device).eval()
     labels = read_labels_csv(train / "labels.csv").labels
     items, _ = drain(load_training_items(train / "images", labels, config))
     train_idx, val_idx = stratified_split([i.label for i in items], config.val_fraction, 0)
@@ -89,7 +93,7 @@ def trained_classifier(args, config, device) -> torch.nn.Module:
     print(f"classifier trained in {time.perf_counter() - start:.0f} s: "
           f"{fit.history[fit.best_epoch - 1] if fit.history else {}}", flush=True)
     save_file({k: v.contiguous() for k, v in classifier.state_dict().items()}, str(cached))
-    return classifier.eval()
+    return cam_target(classifier, config.scorecam_stage).eval()
 
 
 def test_views(args, config) -> list[tuple[torch.Tensor, torch.Tensor]]:
