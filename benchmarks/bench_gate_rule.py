@@ -9,9 +9,10 @@ chosen again on the model's own validation split (``manifest.csv``) under both
 retrained, so both rules see the same classifier and U-Net; the difference is the rule alone.
 
 The tie-break targets of the validation artifact images are the Score-CAM pseudo-labels stored in
-the model folder (``pseudo_labels/``). A training run breaks ties against its own targets
-(refreshed by self-training when ``self_training_rounds`` > 0), so its choice can differ from
-the one made here; the ``classifier`` row is the reference.
+the model folder (``pseudo_labels/``). As in training, a model that self-trained
+(``self_training_rounds`` > 0) breaks image-F1 ties toward a mask threshold of 0.5 first; its
+remaining ties (the minimum size) were broken against the self-trained targets in training, so
+the choice here can still differ; the ``classifier`` row is the reference.
 
 Usage::
 
@@ -88,7 +89,8 @@ def evaluate(folder: Path, train: Path, test, symmetries: int) -> dict[str, dict
     out = {}
     for rule in GATE_RULES:
         gate, threshold, fraction, _ = choose_gate_and_mask(
-            scores, labels, probs, targets, np.zeros(len(labels), bool), rule)
+            scores, labels, probs, targets, np.zeros(len(labels), bool), rule,
+            own_targets=model.config.self_training_rounds > 0)
         min_size = int(round(fraction * median_area))
         preds = []
         for result, (_, image, _, _, _) in zip(results, test, strict=True):
