@@ -9,10 +9,10 @@ chosen again on the model's own validation split (``manifest.csv``) under both
 retrained, so both rules see the same classifier and U-Net; the difference is the rule alone.
 
 The tie-break targets of the validation artifact images are the Score-CAM pseudo-labels stored in
-the model folder (``pseudo_labels/``). As in training, a model that self-trained
-(``self_training_rounds`` > 0) breaks image-F1 ties toward a mask threshold of 0.5 first; its
-remaining ties (the minimum size) were broken against the self-trained targets in training, so
-the choice here can still differ; the ``classifier`` row is the reference.
+the model folder (``pseudo_labels/``). As in training, a model whose targets became its own
+masks (self-training, a parent's masks) breaks image-F1 ties toward a mask threshold of 0.5
+first; its remaining ties (the minimum size) were broken against the self-trained targets in
+training, so the choice here can still differ; the ``classifier`` row is the reference.
 
 Usage::
 
@@ -45,6 +45,7 @@ from napari_artseg.labels_file import read_labels_csv
 from napari_artseg.predictor import ArtSegModel
 from napari_artseg.training.classifier import classifier_probabilities, global_views
 from napari_artseg.training.data import load_training_items
+from napari_artseg.training.pipeline import targets_are_own
 from napari_artseg.training.segmenter import unet_probability
 from napari_artseg.training.thresholds import choose_gate_and_mask
 
@@ -90,7 +91,7 @@ def evaluate(folder: Path, train: Path, test, symmetries: int) -> dict[str, dict
     for rule in GATE_RULES:
         gate, threshold, fraction, _ = choose_gate_and_mask(
             scores, labels, probs, targets, np.zeros(len(labels), bool), rule,
-            own_targets=model.config.self_training_rounds > 0)
+            own_targets=targets_are_own(model.document.get("pseudo_labels", {})))
         min_size = int(round(fraction * median_area))
         preds = []
         for result, (_, image, _, _, _) in zip(results, test, strict=True):

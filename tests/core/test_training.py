@@ -219,5 +219,8 @@ def test_mask_ties_move_toward_half_only_after_the_unet_made_its_own_targets(
 
     monkeypatch.setattr(pipeline, "choose_gate_and_mask", recording)
     config = preset("tiny", self_training_rounds=rounds)
-    run_all(train_pipeline(tiny_dataset / "images", labels, tmp_path / "m", config))
+    _, folder = run_all(train_pipeline(tiny_dataset / "images", labels, tmp_path / "m", config))
     assert seen == [rounds > 0]
+    # the saved model answers as the run did (bench_gate_rule re-chooses from it)
+    report = json.loads((folder / "config.json").read_text())["pseudo_labels"]
+    assert pipeline.targets_are_own(report) == (rounds > 0)

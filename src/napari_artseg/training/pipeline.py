@@ -147,6 +147,16 @@ def _choose_thresholds(classifier, unet, items, val_idx, config, device, pseudo,
     return thresholds, {**report, "val_gate_f1": _f1(scores >= gate, labels)}
 
 
+def targets_are_own(pseudo_report: dict[str, Any]) -> bool:
+    """Whether the pseudo-labelled images' targets became the U-Net's own masks cut at 0.5.
+
+    True after a self-training round or when fine-tuning started from a parent's masks;
+    read from the pseudo-label report a training run stores in ``config.json``
+    (``pseudo_labels``), so a saved model answers the same as the run did.
+    """
+    return "self_training_updated" in pseudo_report or "parent_mask_targets" in pseudo_report
+
+
 def _f1(pred: np.ndarray, truth: np.ndarray) -> float:
     from ..metrics import classification_counts
 
@@ -288,9 +298,8 @@ def train_scorecam_unet(
             fit_u = fit_r
         networks["unet"] = unet
         yield ProgressEvent("thresholds", kind="stage", message="choosing thresholds")
-        own_targets = rounds > 0 or "parent_mask_targets" in pseudo_report
         thresholds, report = _choose_thresholds(classifier, unet, items, val_idx, config, device,
-                                                pseudo, own_targets)
+                                                pseudo, targets_are_own(pseudo_report))
         metadata.update(thresholds=thresholds, pseudo_labels=pseudo_report,
                         validation_metrics={
                             "classifier": fit_c.history[fit_c.best_epoch - 1] if fit_c.history
