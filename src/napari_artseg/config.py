@@ -45,6 +45,9 @@ class ArtSegConfig:
     unet_width: int = 8
     unet_levels: int = 5
     unet_convs_per_level: int = 3
+    # The U-Net works at 1/unet_downsample of the processing scale inside (input average-
+    # pooled, logits resized back): more context per pixel of compute, coarser detail.
+    unet_downsample: int = 1
     # Geometry: images are resized by `scale`; the classifier sees the whole image as an
     # `input_size` square; the U-Net sees `unet_input_size` squares (None: input_size):
     # random crops in training, overlapping tiles with `tile_halo` px of overlap in inference.
@@ -120,7 +123,7 @@ class ArtSegConfig:
 
     def validate(self) -> ArtSegConfig:
         """Check the values; raise :class:`ArtSegError` naming the first bad field."""
-        divisor = 2**self.unet_levels
+        divisor = 2**self.unet_levels * max(self.unet_downsample, 1)
         checks = [
             (self.resnet_depth in (18, 34, 50), "resnet_depth must be 18, 34 or 50"),
             (self.resnet_width >= 1, "resnet_width must be >= 1"),
@@ -128,10 +131,11 @@ class ArtSegConfig:
             (self.unet_width >= 1, "unet_width must be >= 1"),
             (1 <= self.unet_levels <= 7, "unet_levels must be between 1 and 7"),
             (self.unet_convs_per_level >= 1, "unet_convs_per_level must be >= 1"),
+            (1 <= self.unet_downsample <= 8, "unet_downsample must be between 1 and 8"),
             (self.input_size >= 32, "input_size must be >= 32"),
             (self.unet_size % divisor == 0 and self.unet_size >= divisor,
              f"unet_input_size (or input_size) must be a positive multiple of {divisor} "
-             "(2**unet_levels)"),
+             "(2**unet_levels * unet_downsample)"),
             (0 < self.scale <= 4, "scale must be in (0, 4]"),
             (0 <= 2 * self.tile_halo < self.unet_size,
              "tile_halo must be < unet_input_size / 2"),

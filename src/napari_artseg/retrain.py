@@ -60,8 +60,8 @@ CURATED_WEIGHT = 4.0
 DICE_WEIGHT = 1.0
 #: Settings that must match the parent when fine-tuning (the method, the networks, their input).
 ARCHITECTURE_FIELDS = ("method", "resnet_depth", "resnet_width", "resnet_stem_pool", "resnet_pool",
-                       "unet_width", "unet_levels", "unet_convs_per_level", "input_size",
-                       "unet_input_size", "scale", "normalization", "tile_halo")
+                       "unet_width", "unet_levels", "unet_convs_per_level", "unet_downsample",
+                       "input_size", "unet_input_size", "scale", "normalization", "tile_halo")
 #: Thresholds of the precision-recall sweep (log-spaced like the threshold slider, plus 0.5).
 PR_THRESHOLDS = np.unique(np.concatenate([np.logspace(-4, 0, 41), [0.5]]))
 

@@ -134,6 +134,27 @@ def test_unet_rejects_bad_size() -> None:
 def test_unet_invalid_arguments() -> None:
     with pytest.raises(ValueError, match="levels"):
         UNet(levels=0)
+    with pytest.raises(ValueError, match="downsample"):
+        UNet(downsample=0)
+
+
+def test_downsampled_unet_is_the_same_network_on_the_pooled_image() -> None:
+    """downsample=2: same weights, run on the 2x2-mean image, logits resized back."""
+    torch.manual_seed(0)
+    full = UNet(width=4, levels=2, convs_per_level=1)
+    half = UNet(width=4, levels=2, convs_per_level=1, downsample=2)
+    assert half.divisor == 8 and list(half.state_dict()) == list(full.state_dict())
+    half.load_state_dict(full.state_dict())
+    full.eval(), half.eval()
+    x = torch.randn(2, 1, 16, 24)
+    with torch.no_grad():
+        out = half(x)
+        inner = full(x.reshape(2, 1, 8, 2, 12, 2).mean(dim=(3, 5)))
+    assert out.shape == (2, 1, 16, 24)
+    expected = torch.nn.functional.interpolate(inner, size=(16, 24), mode="bilinear")
+    torch.testing.assert_close(out, expected)
+    with pytest.raises(ValueError, match="multiples of 8"):
+        half(torch.randn(1, 1, 12, 16))
 
 
 def test_unet_learns_fixed_square() -> None:

@@ -1,12 +1,15 @@
 """U-Net of the ArtSeg paper (Fishman et al. 2021 variant), plain ``torch``.
 
 Constant width in every layer, ``convs_per_level`` 3x3 convolutions per level,
-nearest-neighbour x2 upsampling in the decoder, logits out.
+nearest-neighbour x2 upsampling in the decoder, logits out. With ``downsample`` > 1 the
+network works at a lower resolution inside: the input is average-pooled by that factor
+and the logits are bilinearly resized back, so callers see the input's resolution.
 """
 
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 
@@ -51,12 +54,17 @@ class UNet(nn.Module):
         Channels of the input images.
     batch_norm : bool
         Insert BatchNorm after every 3x3 convolution.
+    downsample : int
+        Work at ``1/downsample`` of the input's resolution: average-pool the
+        input by this factor first and bilinearly resize the logits back. Adds
+        no weights; the receptive field and the context per pixel of compute
+        grow by the factor, the finest detail shrinks by it.
 
     Raises
     ------
     ValueError
-        If any of ``width``, ``levels``, ``convs_per_level``, ``in_channels``
-        is < 1.
+        If any of ``width``, ``levels``, ``convs_per_level``, ``in_channels``,
+        ``downsample`` is < 1.
     """
 
     def __init__(
@@ -66,6 +74,7 @@ class UNet(nn.Module):
         convs_per_level: int = 3,
         in_channels: int = 1,
         batch_norm: bool = True,
+        downsample: int = 1,
     ) -> None:
         super().__init__()
         for name, value in (
@@ -73,6 +82,7 @@ class UNet(nn.Module):
             ("levels", levels),
             ("convs_per_level", convs_per_level),
             ("in_channels", in_channels),
+            ("downsample", downsample),
         ):
             if value < 1:
                 raise ValueError(f"UNet {name} must be >= 1, got {value}")
@@ -81,6 +91,7 @@ class UNet(nn.Module):
         self.convs_per_level = convs_per_level
         self.in_channels = in_channels
         self.batch_norm = batch_norm
+        self.downsample = downsample
 
         self.encoder = nn.ModuleList(
             _conv_stack(in_channels if i == 0 else width, width, convs_per_level, batch_norm)
@@ -96,8 +107,8 @@ class UNet(nn.Module):
 
     @property
     def divisor(self) -> int:
-        """Input height and width must be multiples of this (``2**levels``)."""
-        return 2**self.levels
+        """Input height and width must be multiples of this (``2**levels * downsample``)."""
+        return 2**self.levels * self.downsample
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Segment images.
@@ -126,8 +137,11 @@ class UNet(nn.Module):
         if height % self.divisor or width % self.divisor:
             raise ValueError(
                 f"UNet input height and width must be multiples of {self.divisor} "
-                f"(2**levels with levels={self.levels}), got {height}x{width}"
+                f"(2**levels * downsample with levels={self.levels}, "
+                f"downsample={self.downsample}), got {height}x{width}"
             )
+        if self.downsample > 1:
+            x = F.avg_pool2d(x, self.downsample)
         skips: list[torch.Tensor] = []
         for stack in self.encoder:
             x = stack(x)
@@ -136,4 +150,8 @@ class UNet(nn.Module):
         x = self.bottleneck(x)
         for stack, skip in zip(self.decoder, reversed(skips), strict=True):
             x = stack(torch.cat([self.upsample(x), skip], dim=1))
-        return self.out(x)
+        logits = self.out(x)
+        if self.downsample > 1:
+            logits = F.interpolate(logits, size=(height, width), mode="bilinear",
+                                   align_corners=False)
+        return logits

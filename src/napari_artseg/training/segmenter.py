@@ -22,7 +22,7 @@ def build_unet(config: ArtSegConfig) -> UNet:
     """The U-Net described by ``config``."""
     return UNet(
         width=config.unet_width, levels=config.unet_levels,
-        convs_per_level=config.unet_convs_per_level,
+        convs_per_level=config.unet_convs_per_level, downsample=config.unet_downsample,
     )
 
 
