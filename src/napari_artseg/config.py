@@ -47,12 +47,12 @@ class ArtSegConfig:
     unet_convs_per_level: int = 3
     # The U-Net works at 1/unet_downsample of the processing scale inside (input average-
     # pooled, logits resized back): more context per pixel of compute, coarser detail.
-    unet_downsample: int = 1
+    unet_downsample: int = 2
     # Geometry: images are resized by `scale`; the classifier sees the whole image as an
     # `input_size` square; the U-Net sees `unet_input_size` squares (None: input_size):
     # random crops in training, overlapping tiles with `tile_halo` px of overlap in inference.
     input_size: int = 512
-    unet_input_size: int | None = 256
+    unet_input_size: int | None = 512
     scale: float = 1.0
     tile_halo: int = 32
     normalization: str = "zscore"
@@ -98,6 +98,10 @@ class ArtSegConfig:
     # classifier's view (1: the view as it is; 8: full test-time augmentation).
     gate_symmetries: int = 8
     mask_threshold: float | None = None
+    # When the U-Net's targets are its own 0.5 masks and the threshold chosen for image F1
+    # is lower, cut masks at 0.5 and use the chosen one only for images whose 0.5 mask is
+    # empty (the "fallback" in a model's thresholds; docs/method.md).
+    mask_fallback: bool = True
     min_size_px: int | None = None
     min_size_um2: float | None = None
     pixel_size_um: float | None = None
@@ -247,7 +251,8 @@ class ArtSegConfig:
 
 #: Fields added after the first saved models, with the value that reproduces how those
 #: models were built (a config file without the field gets this, not the new default).
-LEGACY_VALUES: dict[str, Any] = {"unet_input_size": None, "gate_symmetries": 1}
+LEGACY_VALUES: dict[str, Any] = {"unet_input_size": None, "gate_symmetries": 1,
+                                 "unet_downsample": 1, "mask_fallback": False}
 
 #: Integer settings that also accept the word "auto".
 AUTO_INTEGERS = ("scorecam_batch_size",)
@@ -290,9 +295,9 @@ def _is_real(value: Any) -> bool:
 
 
 PRESETS: dict[str, dict[str, Any]] = {
-    # CPU-friendly: narrow networks, the classifier sees 512 px, the U-Net 256 px crops and
-    # tiles at full resolution; 200 images of 512 px trained in 61-75 min on one shared core
-    # (docs/accuracy.md).
+    # CPU-friendly: narrow networks, the classifier sees 512 px at full resolution, the U-Net
+    # 512 px crops and tiles that it works on at half resolution inside (unet_downsample 2);
+    # docs/accuracy.md has the training times and accuracy.
     "fast": {},
     # The paper's settings (ResNet50, U-Net 64 filters, 1024 px, 150 epochs): for GPUs.
     "paper": {
@@ -306,6 +311,7 @@ PRESETS: dict[str, dict[str, Any]] = {
         "gate_symmetries": 1,
         "input_size": 1024,
         "unet_input_size": None,
+        "unet_downsample": 1,
         "scale": 1.0,
         "tile_halo": 64,
         "classifier_epochs": 150,
@@ -324,6 +330,7 @@ PRESETS: dict[str, dict[str, Any]] = {
         "resnet_width": 4,
         "unet_width": 4,
         "unet_levels": 3,
+        "unet_downsample": 1,
         "scorecam_max_channels": None,
         "input_size": 64,
         "unet_input_size": None,

@@ -37,7 +37,7 @@ from .atomic import atomic_path, atomic_write_text
 from .curation import CuratedMasks
 from .errors import ArtSegError
 from .image_files import image_key, read_image, write_tiff
-from .postprocess import clean_mask
+from .postprocess import final_mask, mask_cuts
 from .prediction_cache import PredictionCache
 from .provenance import utc_now
 from .qc_table import decide, mask_statistics, parse_well, write_qc_tables
@@ -182,15 +182,17 @@ class _Masks:
             self.model = ArtSegModel.load(self.folder, device=self.device)
         return self.model
 
-    def _settings(self, pixel_size_um: float | None) -> tuple[float, int]:
-        cut = self.options.threshold
-        if cut is None:
-            cut = float(self.thresholds.get("mask", 0.5))
+    def _settings(self, pixel_size_um: float | None) -> tuple[tuple[float, ...], int]:
+        """The mask's cuts (the user's threshold, else the model's and its fallback) and
+        minimum size."""
+        cuts = mask_cuts(self.options.threshold) if self.options.threshold is not None \
+            else mask_cuts(float(self.thresholds.get("mask", 0.5)),
+                           self.thresholds.get("fallback"))
         size = self.options.min_size_px
         if size is None:
             size = self._model().min_size_for(pixel_size_um) if self.model is not None \
                 else int(self.thresholds.get("min_size_px", 0))
-        return cut, size
+        return cuts, size
 
     def predicted(self, image: str, data: np.ndarray,
                   pixel_size_um: float | None) -> tuple[np.ndarray | None, float | None]:
@@ -200,14 +202,14 @@ class _Masks:
         cached = self.cache.load(image) if self.cache is not None else None
         if cached is None and self.options.predict_missing:
             result = self._model().predict(data, pixel_size_um=pixel_size_um)
-            cut, size = self._settings(pixel_size_um)
-            mask = clean_mask(result.probability, cut, size) if result.gate_passed \
+            cuts, size = self._settings(pixel_size_um)
+            mask = final_mask(result.probability, cuts, size) if result.gate_passed \
                 else np.zeros(data.shape, bool)
             return mask, result.score
         if cached is None:
             return None, None
-        cut, size = self._settings(pixel_size_um)
-        return clean_mask(cached.probability, cut, size), cached.score
+        cuts, size = self._settings(pixel_size_um)
+        return final_mask(cached.probability, cuts, size), cached.score
 
     def score(self, image: str, data: np.ndarray) -> float | None:
         """The classifier's artifact score (cached, or computed when allowed)."""

@@ -439,6 +439,23 @@ class LargePrediction:
     notes: list[str]
 
 
+def _objects_at(prob: np.ndarray, cut: float, min_size: float,
+                sized: bool) -> tuple[np.ndarray, np.ndarray, int]:
+    """The map's mask at ``cut``, its objects below ``min_size`` px (when ``sized``), and the
+    number of objects kept."""
+    small_mask = prob >= cut
+    removed = np.zeros_like(small_mask)
+    if not small_mask.any():
+        return small_mask, removed, 0
+    from scipy import ndimage
+
+    labels, count = ndimage.label(small_mask)
+    sizes = np.bincount(labels.ravel(), minlength=count + 1)
+    too_small = sizes < min_size if sized else np.zeros(count + 1, bool)
+    too_small[0] = False
+    return small_mask, too_small[labels], int(count - too_small.sum())
+
+
 def predict_large_file(model, path: str | os.PathLike, prob_path: str | os.PathLike,
                        mask_path: str | os.PathLike, threshold: float | None = None,
                        min_size_px: int | None = None, gate: bool = True,
@@ -498,7 +515,7 @@ def predict_large_file(model, path: str | os.PathLike, prob_path: str | os.PathL
         _zscore_in_place(image)
     score = model.artifact_score(torch.from_numpy(image)[None])
     passed = (score >= float(model.thresholds.get("gate", 0.5))) or not gate
-    cut = float(model.thresholds.get("mask", 0.5)) if threshold is None else float(threshold)
+    cuts = model.mask_cuts(threshold)
     size = model.min_size_for(small.pixel_size_um) if min_size_px is None else int(min_size_px)
     tile = OUTPUT_TILE
 
@@ -519,22 +536,13 @@ def predict_large_file(model, path: str | os.PathLike, prob_path: str | os.PathL
     del image
     np.clip(prob, 0, 1, out=prob)
     upsampler = Upsampler(prob, full_shape)
-    # minimum size at the processing scale: objects below it are removed at full resolution
-    small_mask = prob >= cut
-    removed = np.zeros_like(small_mask)
-    n_objects = 0
-    if small_mask.any():
-        from scipy import ndimage
-
-        labels, count = ndimage.label(small_mask)
-        area_ratio = (small_mask.shape[0] * small_mask.shape[1]) / (full_shape[0] * full_shape[1])
-        small_size = size * area_ratio
-        sizes = np.bincount(labels.ravel(), minlength=count + 1)
-        too_small = sizes < small_size if size > 1 else np.zeros(count + 1, bool)
-        too_small[0] = False
-        removed = too_small[labels]
-        n_objects = int(count - too_small.sum())
-        del labels
+    # minimum size at the processing scale: objects below it are removed at full resolution;
+    # the first cut that leaves an object is the mask's (the empty-mask fallback after it)
+    area_ratio = (prob.shape[0] * prob.shape[1]) / (full_shape[0] * full_shape[1])
+    for cut in cuts:
+        small_mask, removed, n_objects = _objects_at(prob, cut, size * area_ratio, size > 1)
+        if n_objects:
+            break
     nearest_rows = np.minimum((np.arange(full_shape[0]) * small_mask.shape[0]) // full_shape[0],
                               small_mask.shape[0] - 1)
     nearest_cols = np.minimum((np.arange(full_shape[1]) * small_mask.shape[1]) // full_shape[1],

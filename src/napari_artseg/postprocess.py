@@ -26,3 +26,38 @@ def remove_small(mask: np.ndarray, min_size: int) -> np.ndarray:
 def clean_mask(prob: np.ndarray, threshold: float, min_size: int) -> np.ndarray:
     """Threshold a probability map and drop objects smaller than ``min_size`` pixels."""
     return remove_small(np.asarray(prob) >= threshold, min_size)
+
+
+def mask_cuts(threshold: float, fallback: float | None = None) -> tuple[float, ...]:
+    """The thresholds a mask is tried at, in order: ``threshold``, then a lower ``fallback``.
+
+    Parameters
+    ----------
+    threshold : float
+        The mask threshold (the artifacts' extent).
+    fallback : float, optional
+        The empty-mask fallback: an image whose mask is empty at ``threshold`` gets
+        its mask at this lower threshold instead. None, or not below ``threshold``: none.
+    """
+    if fallback is None or not fallback < threshold:
+        return (float(threshold),)
+    return float(threshold), float(fallback)
+
+
+def final_mask(prob: np.ndarray, cuts: tuple[float, ...], min_size: int) -> np.ndarray:
+    """The mask at the first of ``cuts`` that leaves an object (the last one's when none does).
+
+    Parameters
+    ----------
+    prob : numpy.ndarray
+        A probability map.
+    cuts : tuple of float
+        Thresholds in the order they are tried (:func:`mask_cuts`).
+    min_size : int
+        Objects smaller than this many pixels are dropped (at every cut).
+    """
+    for cut in cuts:
+        mask = clean_mask(prob, cut, min_size)
+        if mask.any():
+            break
+    return mask

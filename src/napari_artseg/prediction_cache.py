@@ -7,7 +7,8 @@ Layout (the file names follow ``artseg predict``)::
         <key>_mask.tif       uint8 0/1 at the model's threshold and minimum size
         <key>_ungated.tif    float32 U-Net map regardless of the gate (only when the gate failed)
         <key>_saliency.tif   float32 Score-CAM map of the classifier (when asked for)
-        <key>.json           score, gate_passed, threshold, min_size_px, model_id, image, saved_at
+        <key>.json           score, gate_passed, threshold, fallback, min_size_px, model_id,
+                             image, saved_at
 
 ``<key>`` is the image path relative to the image folder without its extension.
 GUI-free: the predict widget runs :func:`predict_images` in a worker thread.
@@ -54,6 +55,8 @@ class CachedPrediction:
         The model that made it.
     pixel_size_um : float or None
         From the image file.
+    fallback : float or None
+        The model's empty-mask fallback threshold (None: it has none).
     """
 
     image: str
@@ -66,11 +69,19 @@ class CachedPrediction:
     min_size_px: int
     model_id: str
     pixel_size_um: float | None = None
+    fallback: float | None = None
 
     @property
     def shape(self) -> tuple[int, int]:
         """(H, W) of the image."""
         return tuple(self.probability.shape)
+
+    def mask(self) -> np.ndarray:
+        """The mask at the model's settings (its empty-mask fallback included)."""
+        from .postprocess import final_mask, mask_cuts
+
+        return final_mask(self.probability, mask_cuts(self.threshold, self.fallback),
+                          self.min_size_px)
 
     def map(self, gated: bool = True) -> np.ndarray:
         """The gated map, or the un-gated one (the same when the gate passed)."""
@@ -114,7 +125,8 @@ class PredictionCache:
                        pixel)
         info = {"image": item.image, "model_id": item.model_id, "score": item.score,
                 "gate_passed": item.gate_passed, "threshold": item.threshold,
-                "min_size_px": item.min_size_px, "pixel_size_um": pixel, "saved_at": utc_now()}
+                "fallback": item.fallback, "min_size_px": item.min_size_px,
+                "pixel_size_um": pixel, "saved_at": utc_now()}
         atomic_write_text(self._path(item.image, ".json"), json.dumps(info, indent=2) + "\n")
 
     def load(self, image: str) -> CachedPrediction | None:
@@ -135,7 +147,7 @@ class PredictionCache:
                                 float(info["score"]), bool(info["gate_passed"]),
                                 float(info["threshold"]), int(info["min_size_px"]),
                                 str(info.get("model_id", self.model_id)),
-                                info.get("pixel_size_um"))
+                                info.get("pixel_size_um"), info.get("fallback"))
 
     def load_mask(self, image: str, shape: tuple[int, int]) -> np.ndarray | None:
         """The cached mask of ``image`` (bool), or None."""
@@ -160,10 +172,11 @@ def predict_one(model: Any, image_folder: Path, image: str, saliency: bool) -> C
     result = model.predict(loaded.data, keep_ungated=True, pixel_size_um=loaded.pixel_size_um)
     ungated = None if result.gate_passed else result.ungated
     cam = model.saliency(loaded.data) if saliency else None
+    cuts = model.mask_cuts()
     return CachedPrediction(image, result.probability, ungated, cam, result.score,
-                            result.gate_passed, float(model.thresholds.get("mask", 0.5)),
-                            model.min_size_for(loaded.pixel_size_um), model.model_id,
-                            loaded.pixel_size_um)
+                            result.gate_passed, cuts[0], model.min_size_for(loaded.pixel_size_um),
+                            model.model_id, loaded.pixel_size_um,
+                            cuts[1] if len(cuts) > 1 else None)
 
 
 def predict_images(
@@ -205,9 +218,7 @@ def predict_images(
     for index, image in enumerate(images):
         try:
             item = predict_one(model, Path(image_folder), image, saliency)
-            from .postprocess import clean_mask
-
-            cache.save(item, clean_mask(item.probability, item.threshold, item.min_size_px))
+            cache.save(item, item.mask())
         except (ArtSegError, OSError, ValueError, RuntimeError, MemoryError) as exc:
             message = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
             yield PredictionStep(index + 1, len(images), image, error=message)

@@ -22,7 +22,7 @@ from .device import autocast, inference_copy, resolve_device
 from .model_files import read_model_document
 from .models import ResNetClassifier
 from .normalize import prepare_image, resize
-from .postprocess import clean_mask
+from .postprocess import final_mask, mask_cuts
 from .tiling import predict_tiled
 from .training.classifier import classifier_probabilities
 from .training.data import global_view
@@ -168,6 +168,22 @@ class ArtSegModel:
         """The chosen ``gate``, ``mask``, ``min_size_px`` and ``pseudo_label`` settings."""
         return dict(self.document.get("thresholds", {}))
 
+    def mask_cuts(self, threshold: float | None = None) -> tuple[float, ...]:
+        """The thresholds a mask is tried at, in order (see :func:`.postprocess.mask_cuts`).
+
+        Parameters
+        ----------
+        threshold : float, optional
+            A threshold chosen by the user: that one alone. Default: the model's
+            ``mask`` threshold, then its empty-mask ``fallback`` when it has one.
+        """
+        if threshold is not None:
+            return mask_cuts(float(threshold))
+        chosen = self.thresholds
+        fallback = chosen.get("fallback")
+        return mask_cuts(float(chosen.get("mask", 0.5)),
+                         None if fallback is None else float(fallback))
+
     def min_size_for(self, pixel_size_um: float | None) -> int:
         """Minimum object size in full-resolution pixels (from um^2 when both are known)."""
         um2 = self.config.min_size_um2
@@ -263,7 +279,8 @@ class ArtSegModel:
         image : numpy.ndarray
             (H, W) pixels of any real dtype and size.
         threshold : float, optional
-            Mask threshold; default the model's chosen one.
+            Mask threshold; default the model's chosen one, with its empty-mask
+            fallback when it has one (an explicit threshold is used alone).
         min_size_px : int, optional
             Minimum object size in pixels; default the model's.
         gate : bool
@@ -281,9 +298,9 @@ class ArtSegModel:
         passed = (score >= float(self.thresholds.get("gate", 0.5))) or not gate
         ungated = self.unet_map(prepared, image.shape) if (passed or keep_ungated) else None
         probability = ungated if passed else np.zeros(image.shape, dtype=np.float32)
-        cut = float(self.thresholds.get("mask", 0.5)) if threshold is None else threshold
         size = self.min_size_for(pixel_size_um) if min_size_px is None else min_size_px
-        mask = clean_mask(probability, cut, size) if passed else np.zeros(image.shape, bool)
+        mask = (final_mask(probability, self.mask_cuts(threshold), size) if passed
+                else np.zeros(image.shape, bool))
         self.clear_cache()
         return Prediction(probability, mask, score, passed, ungated)
 

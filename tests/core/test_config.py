@@ -29,7 +29,7 @@ def test_paper_preset_matches_the_paper():
     [({"unet_input_size": 100}, "unet_input_size"), ({"input_size": 16}, "input_size"),
      ({"device": "tpu"}, "device"),
      ({"mask_threshold": 1.5}, "mask_threshold"), ({"resnet_depth": 20}, "resnet_depth"),
-     ({"tile_halo": 200}, "tile_halo"), ({"fine_tune_lr_factor": 0}, "fine_tune_lr_factor"),
+     ({"tile_halo": 256}, "tile_halo"), ({"fine_tune_lr_factor": 0}, "fine_tune_lr_factor"),
      ({"gate_symmetries": 0}, "gate_symmetries"), ({"gate_symmetries": 9}, "gate_symmetries")],
 )
 def test_bad_values_name_the_field(changes, word):
@@ -37,9 +37,11 @@ def test_bad_values_name_the_field(changes, word):
         preset("fast", **changes)
 
 
-def test_fast_preset_classifier_view_and_unet_squares_differ():
+def test_fast_preset_classifier_view_and_unet_resolution_differ():
     config = preset("fast")
-    assert (config.input_size, config.unet_size, config.scale) == (512, 256, 1.0)
+    assert (config.input_size, config.unet_size, config.scale) == (512, 512, 1.0)
+    assert config.unet_downsample == 2 and config.mask_fallback
+    assert preset("paper").unet_downsample == preset("tiny").unet_downsample == 1
     assert config.resnet_pool == "lse" and preset("paper").resnet_pool == "avg"
     assert config.scorecam_stage == 3 and preset("paper").scorecam_stage == 4
     assert preset("paper").unet_size == 1024 and preset("tiny").unet_size == 64
@@ -58,6 +60,18 @@ def test_a_config_saved_before_gate_symmetries_keeps_the_plain_gate():
     old = preset("fast").to_dict()
     del old["gate_symmetries"]
     assert ArtSegConfig.from_dict(old).gate_symmetries == 1
+
+
+def test_a_config_saved_before_unet_downsample_keeps_a_full_resolution_unet_and_one_cut():
+    """Its weights and its mask threshold were made at full resolution without a fallback."""
+    old = preset("fast").to_dict()
+    del old["unet_downsample"], old["mask_fallback"]
+    loaded = ArtSegConfig.from_dict(old)
+    assert loaded.unet_downsample == 1 and not loaded.mask_fallback
+    with pytest.raises(ArtSegError, match="unet_downsample"):
+        preset("fast", unet_downsample=0)
+    with pytest.raises(ArtSegError, match=r"multiple of 64 \(2\*\*unet_levels \* unet_down"):
+        preset("fast", unet_input_size=96)
 
 
 def test_from_dict_refuses_unknown_fields_and_wrong_types():

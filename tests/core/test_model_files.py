@@ -27,7 +27,9 @@ def test_model_folder_has_the_documented_files(tiny_model):
     for key in ("format_version", "method", "model_id", "status", "parent", "versions",
                 "label_counts", "validation_metrics", "thresholds", "config"):
         assert key in document
-    assert set(document["thresholds"]) == {"pseudo_label", "gate", "mask", "min_size_px"}
+    chosen = set(document["thresholds"]) - {"fallback"}  # the fallback: only when chosen
+    assert chosen == {"pseudo_label", "gate", "mask", "min_size_px"}
+    assert document["thresholds"].get("fallback", 0) < document["thresholds"]["mask"]
     assert document["status"] == "complete" and document["config"]["preset"] == "tiny"
     n_pseudo = sum(1 for line in (tiny_model / "manifest.csv").read_text().splitlines()
                    if line.split(",")[2] == "pseudo")

@@ -215,12 +215,24 @@ def test_mask_ties_move_toward_half_only_after_the_unet_made_its_own_targets(
 
     def recording(*args):
         seen.append(args[-1])  # own_targets
-        return real(*args)
+        gate, _, fraction, report = real(*args)
+        return gate, 0.2, fraction, report  # image F1 chose 0.2
 
     monkeypatch.setattr(pipeline, "choose_gate_and_mask", recording)
     config = preset("tiny", self_training_rounds=rounds)
     _, folder = run_all(train_pipeline(tiny_dataset / "images", labels, tmp_path / "m", config))
     assert seen == [rounds > 0]
     # the saved model answers as the run did (bench_gate_rule re-chooses from it)
-    report = json.loads((folder / "config.json").read_text())["pseudo_labels"]
-    assert pipeline.targets_are_own(report) == (rounds > 0)
+    document = json.loads((folder / "config.json").read_text())
+    assert pipeline.targets_are_own(document["pseudo_labels"]) == (rounds > 0)
+    # on its own masks the U-Net's masks are cut at 0.5, and 0.2 only serves empty ones
+    thresholds = document["thresholds"]
+    if rounds:
+        assert thresholds["mask"] == 0.5 and thresholds["fallback"] == 0.2
+    else:
+        assert thresholds["mask"] == 0.2 and "fallback" not in thresholds
+    if rounds:
+        _, plain = run_all(train_pipeline(tiny_dataset / "images", labels, tmp_path / "p",
+                                          config.replace(mask_fallback=False)))
+        thresholds = json.loads((plain / "config.json").read_text())["thresholds"]
+        assert thresholds["mask"] == 0.2 and "fallback" not in thresholds

@@ -168,3 +168,20 @@ def test_unreadable_zarr_store_is_a_failure_row(tiny_model, big_image, tmp_path,
         rows = {r["image"]: r for r in csv.DictReader(handle)}
     assert rows["good"]["status"] == "ok"
     assert rows["broken"]["status"] == "failed" and "broken.zarr" in rows["broken"]["error"]
+
+
+def test_an_empty_mask_at_the_models_threshold_is_cut_at_its_fallback(model, big_image,
+                                                                     tmp_path):
+    source = write_zarr(tmp_path / "plate.zarr", big_image)
+    expected = model.predict(big_image.astype(np.float32), threshold=CUT, min_size_px=0,
+                             gate=False)
+    saved = dict(model.document["thresholds"])
+    model.document["thresholds"].update(mask=float(expected.probability.max()) + 0.01,
+                                        fallback=CUT)
+    try:
+        result = predict_store(model, source, tmp_path / "out", "plate", min_size_px=0,
+                               gate=False, block_tiles=2)
+    finally:
+        model.document["thresholds"] = saved
+    check_equal(tmp_path / "out", "plate", expected)
+    assert result.artifact_fraction == pytest.approx(expected.artifact_fraction, abs=1e-3)

@@ -71,6 +71,7 @@ def test_threshold_changes_mask_without_inference(artseg_with_model, qtbot, pred
     predict = predict_shown_image(qtbot, viewer, widget)
     predict.ungated_box.setChecked(True)  # the tiny model may call the image clean
     predict.min_size_box.setValue(0)
+    predict.fallback_box.setValue(0)  # off: an empty mask stays empty
     mask_layer = viewer.layers[MASK_LAYER]
     predict.threshold.slider.setValue(0)  # 0.0001
     qtbot.waitUntil(lambda: mask_layer.data.sum() > 0)
@@ -82,6 +83,32 @@ def test_threshold_changes_mask_without_inference(artseg_with_model, qtbot, pred
     qtbot.waitUntil(lambda: mask_layer.data.sum() > 0)
     assert predict.threshold.slider.value() == SLIDER_STEPS // 4
     assert len(predict_calls) == 1  # one inference, many masks
+
+
+def test_fallback_cuts_the_mask_only_when_it_is_empty_at_the_threshold(artseg_with_model, qtbot,
+                                                                      predict_calls):
+    viewer, widget = artseg_with_model
+    predict = predict_shown_image(qtbot, viewer, widget)
+    predict.ungated_box.setChecked(True)
+    predict.min_size_box.setValue(0)
+    chosen = ArtSegModel.load(widget.project.models_dir / predict.model_box.currentText()
+                              ).thresholds.get("fallback") or 0.0
+    assert predict.fallback_box.value() == pytest.approx(chosen, abs=0.005)  # the model's
+    predict.fallback_box.setValue(0)
+    assert predict.fallback_box.text() == "off"
+    prob = predict.prediction.map(gated=False)
+    mask_layer = viewer.layers[MASK_LAYER]
+    predict.threshold.slider.setValue(SLIDER_STEPS)  # 1.0: above the whole map
+    qtbot.waitUntil(lambda: not mask_layer.data.any())
+    median = round(float(np.median(prob)), 2)
+    predict.fallback_box.setValue(median)  # the empty mask falls back to the median
+    qtbot.waitUntil(lambda: mask_layer.data.any())
+    np.testing.assert_array_equal(np.asarray(mask_layer.data) != 0, prob >= median)
+    predict.threshold.field.setValue(float(np.quantile(prob, 0.99)))
+    cut = predict.threshold.value()  # as the field rounds it
+    assert median < cut <= prob.max()  # a mask at the threshold: no fallback
+    qtbot.waitUntil(lambda: np.asarray(mask_layer.data).sum() == (prob >= cut).sum())
+    assert len(predict_calls) == 1
 
 
 def test_paint_accept_and_reopen(artseg_with_model, qtbot, predict_calls):

@@ -111,6 +111,19 @@ def test_streamed_path_matches_in_memory_prediction(tiny_model, tmp_path):
     mask = tifffile.imread(tmp_path / "m.tif").astype(bool)
     reference_mask = reference.probability >= model.thresholds["mask"]
     assert (mask != reference_mask).mean() < 1e-3
+    # an empty mask at the model's threshold: its empty-mask fallback cuts it
+    cut = float(np.median(reference.probability))
+    saved = dict(model.document["thresholds"])
+    model.document["thresholds"].update(mask=float(reference.probability.max()) + 0.01,
+                                        fallback=cut)
+    try:
+        fallen = predict_large_file(model, tmp_path / "a.tif", tmp_path / "p.tif",
+                                    tmp_path / "m.tif", gate=False, min_size_px=0)
+    finally:
+        model.document["thresholds"] = saved
+    mask = tifffile.imread(tmp_path / "m.tif").astype(bool)
+    assert (mask != (reference.probability >= cut)).mean() < 1e-3
+    assert 0.3 < fallen.artifact_fraction < 0.7 and fallen.n_objects > 0
 
 
 @pytest.mark.parametrize("layout", [{"tile": (64, 64)}, {"rowsperstrip": 5}, {}])

@@ -21,7 +21,7 @@ from qtpy.QtWidgets import QWidget
 
 from ..curation import CuratedMasks, MaskEdit
 from ..errors import ArtSegError
-from ..postprocess import clean_mask
+from ..postprocess import final_mask, mask_cuts
 from ..prediction_cache import (
     CachedPrediction,
     LoadedModel,
@@ -114,9 +114,11 @@ class PredictWidget(QWidget):
             self.model_id = str(document.get("model_id", ""))
             thresholds = document.get("thresholds", {})
             self.threshold.set_value(float(thresholds.get("mask", 0.5)), emit=False)
-            self.min_size_box.blockSignals(True)
-            self.min_size_box.setValue(int(thresholds.get("min_size_px", 0)))
-            self.min_size_box.blockSignals(False)
+            for box, value in ((self.min_size_box, int(thresholds.get("min_size_px", 0))),
+                               (self.fallback_box, float(thresholds.get("fallback") or 0.0))):
+                box.blockSignals(True)
+                box.setValue(value)
+                box.blockSignals(False)
         if self.image is not None:
             self.show_image(self.image)
 
@@ -197,7 +199,9 @@ class PredictWidget(QWidget):
     # ------------------------------------------------------------------ live mask
     def _mask_from_prediction(self) -> np.ndarray:
         prob = self.prediction.map(gated=not self.ungated_box.isChecked())
-        return clean_mask(prob, self.threshold.value(), self.min_size_box.value())
+        fallback = self.fallback_box.value() or None
+        return final_mask(prob, mask_cuts(self.threshold.value(), fallback),
+                          self.min_size_box.value())
 
     def _schedule_mask_update(self, *_: Any) -> None:
         self._mask_timer.start()

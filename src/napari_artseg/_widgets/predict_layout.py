@@ -7,6 +7,7 @@ from typing import Any
 from qtpy.QtWidgets import (
     QCheckBox,
     QComboBox,
+    QDoubleSpinBox,
     QFormLayout,
     QGridLayout,
     QHBoxLayout,
@@ -67,7 +68,16 @@ def build_predict_ui(self: Any) -> None:
     self.min_size_box.setSuffix(" px")
     self.min_size_box.setToolTip("Objects smaller than this are dropped from the mask")
     self.min_size_box.valueChanged.connect(self._schedule_mask_update)
+    self.fallback_box = QDoubleSpinBox()
+    self.fallback_box.setRange(0.0, 1.0)
+    self.fallback_box.setDecimals(2)
+    self.fallback_box.setSingleStep(0.05)
+    self.fallback_box.setSpecialValueText("off")
+    self.fallback_box.setToolTip("An image whose mask is empty at the threshold gets its mask at "
+                                 "this lower threshold instead (off: never)")
+    self.fallback_box.valueChanged.connect(self._schedule_mask_update)
     controls.addRow("Threshold", self.threshold)
+    controls.addRow("Empty-mask fallback", self.fallback_box)
     controls.addRow("Min. object size", self.min_size_box)
     layout.addLayout(controls)
     self.saliency_box = QCheckBox("Score-CAM map beside the image")

@@ -18,7 +18,7 @@ from ..errors import ArtSegError
 #: which trains 2-3x slower), so the whole demo stays within 10 minutes on a 2-core CPU.
 DEMO_SETTINGS = {"classifier_epochs": 30, "unet_epochs": 15, "self_training_rounds": 0,
                  "input_size": 256, "scale": 0.5, "resnet_width": 16, "unet_input_size": 256,
-                 "lr_patience": 5, "early_stop_patience": 12}
+                 "unet_downsample": 1, "lr_patience": 5, "early_stop_patience": 12}
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:

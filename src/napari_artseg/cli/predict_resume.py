@@ -59,6 +59,16 @@ def _modified(path: Path) -> float:
                                         if (path / n).is_file()])
 
 
+def _same_fallback(recorded: str | None, cuts: tuple[float, ...]) -> bool:
+    """Whether a summary row's ``fallback`` cell is the one of ``cuts`` (empty: none)."""
+    if len(cuts) == 1:
+        return not recorded
+    try:
+        return abs(float(recorded) - cuts[1]) <= 1e-9
+    except (TypeError, ValueError):
+        return False
+
+
 def is_done(row: dict[str, str] | None, item: InputImage, out: Path, model, args) -> bool:
     """True when ``row`` and the files in ``out`` are this run's result for ``item`` already.
 
@@ -74,8 +84,8 @@ def is_done(row: dict[str, str] | None, item: InputImage, out: Path, model, args
         shape = (int(row["height"]), int(row["width"]))
     except (KeyError, TypeError, ValueError):
         return False
-    wanted = args.threshold if args.threshold is not None else model.thresholds["mask"]
-    if abs(threshold - float(wanted)) > 1e-9:
+    wanted = model.mask_cuts(args.threshold)
+    if abs(threshold - wanted[0]) > 1e-9 or not _same_fallback(row.get("fallback"), wanted):
         return False
     if args.min_size is not None:
         if min_size != args.min_size:

@@ -13,14 +13,15 @@ from ..errors import ArtSegError
 from ..model_files import rows_to_csv
 
 SUMMARY_COLUMNS = ("image", "status", "error", "artifact_score", "predicted_label",
-                   "artifact_fraction", "n_objects", "gate_passed", "threshold", "min_size_px",
-                   "height", "width", "seconds", "model_id")
+                   "artifact_fraction", "n_objects", "gate_passed", "threshold", "fallback",
+                   "min_size_px", "height", "width", "seconds", "model_id")
 
 
 def settings(model, args, pixel_size_um: float | None) -> dict[str, Any]:
-    """The threshold and minimum size this run applies to an image."""
+    """The threshold, empty-mask fallback ("" for none) and minimum size this run applies."""
+    cuts = model.mask_cuts(args.threshold)
     return {
-        "threshold": args.threshold if args.threshold is not None else model.thresholds["mask"],
+        "threshold": cuts[0], "fallback": cuts[1] if len(cuts) > 1 else "",
         "min_size_px": args.min_size if args.min_size is not None
         else model.min_size_for(pixel_size_um),
     }

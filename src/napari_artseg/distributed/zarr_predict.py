@@ -284,12 +284,16 @@ def predict_store(model, path: str | os.PathLike, out: str | os.PathLike, key: s
         prob, score, passed, pixel_size = probability_map(model, ref, path, compute, gate,
                                                           folders["scratch"], block_tiles)
         full = tuple(prob.shape)
-        cut = float(model.thresholds.get("mask", 0.5)) if threshold is None else float(threshold)
+        cuts = model.mask_cuts(threshold)
         size = model.min_size_for(pixel_size) if min_size_px is None else int(min_size_px)
         store(prob, folders["prob"], pixel_size, scheduler)
         pixels, count = 0, 0
         if passed:
-            mask, pixels, count = mask_blocked(open_lazy(folders["prob"]), cut, size, compute)
+            for cut in cuts:  # the first cut that leaves an object (the fallback after it)
+                mask, pixels, count = mask_blocked(open_lazy(folders["prob"]), cut, size,
+                                                   compute)
+                if count:
+                    break
         else:
             import dask.array as da
 

@@ -44,7 +44,7 @@ from ..training.segmenter import (
     train_unet,
     unet_probability,
 )
-from ..training.thresholds import choose_gate_and_mask
+from ..training.thresholds import choose_gate_and_mask, extent_and_fallback
 from .ddp import barrier, is_rank_zero
 from .events import ProgressEvent
 from .saliency_cache import SaliencyCache, default_cache_folder
@@ -124,7 +124,8 @@ def _choose_thresholds(classifier, unet, items, val_idx, config, device, pseudo,
     """Gate, mask and minimum-size settings chosen on the validation split.
 
     ``own_targets``: the pseudo-labelled images' targets are the U-Net's own masks
-    (self-training or a parent's masks), which moves ties toward a mask threshold of 0.5.
+    (self-training or a parent's masks), which moves ties toward a mask threshold of 0.5
+    and, with ``mask_fallback``, makes a lower chosen threshold the empty-mask fallback.
     """
     val_items = [items[i] for i in val_idx]
     labels = np.array([item.label for item in val_items])
@@ -136,14 +137,19 @@ def _choose_thresholds(classifier, unet, items, val_idx, config, device, pseudo,
     gate, threshold, fraction, report = choose_gate_and_mask(
         scores, labels, probs, targets, curated, config.gate_rule, config.gate_threshold,
         own_targets)
+    fallback = None
     if config.mask_threshold is not None:
         threshold = config.mask_threshold
+    elif config.mask_fallback:
+        threshold, fallback = extent_and_fallback(threshold, own_targets, bool(curated.any()))
     median_area = float(np.median([np.prod(item.full_shape) for item in items]))
     min_size = config.min_size_px
     if min_size is None:
         min_size = int(round(fraction * median_area))
     thresholds = {"pseudo_label": pseudo, "gate": float(gate), "mask": float(threshold),
                   "min_size_px": int(min_size)}
+    if fallback is not None:
+        thresholds["fallback"] = fallback
     return thresholds, {**report, "val_gate_f1": _f1(scores >= gate, labels)}
 
 

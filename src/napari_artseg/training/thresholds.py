@@ -8,6 +8,13 @@ U-Net's own masks cut at 0.5 (self-training, a parent's masks) or there are none
 ties go to the mask threshold nearest 0.5 first (the IoU then decides the minimum
 size). Test data is never used.
 
+That threshold decides which images have artifacts. When the targets are the
+U-Net's own 0.5 masks, a chosen threshold below 0.5 then becomes the *empty-mask
+fallback* and the mask's extent is cut at 0.5 (:func:`extent_and_fallback`): an
+image keeps its 0.5 mask, and only an image whose 0.5 mask is empty gets its mask
+at the lower threshold, so the image-level calls are those of the chosen threshold
+while the pixels follow the cut the U-Net was trained toward.
+
 The gate is the cut-off that maximises the gate score's own validation F1
 (``gate_rule="classifier"``, the default), or it is searched jointly with the
 mask settings (``gate_rule="joint"``): lower gates that let through the
@@ -27,6 +34,8 @@ from ..config import GATE_RULES
 
 #: At most this many lower gates (one per missed validation artifact) are tried besides no gate.
 MAX_LOWER_GATES = 8
+#: The cut of the U-Net's own masks (its self-training and parent-mask targets).
+OWN_MASK_CUT = 0.5
 MASK_CANDIDATES = (0.1, 0.2, 0.3, 0.4, 0.45, 0.5, 0.6, 0.7, 0.8, 0.9)
 #: Minimum object sizes tried, as a share of the image area at the processing scale.
 MIN_SIZE_FRACTIONS = (0.0, 0.0002, 0.0005, 0.001, 0.002, 0.005)
@@ -75,6 +84,33 @@ def gate_candidates(scores: np.ndarray, labels: np.ndarray, rule: str = "joint")
     missed = sorted({float(s) for s in scores[labels & (scores < best)]}, reverse=True)
     lower = [g for g in missed[:MAX_LOWER_GATES] if g > 0.0]
     return [best, *lower] + ([0.0] if best > 0.0 else [])
+
+
+def extent_and_fallback(threshold: float, own_targets: bool,
+                        curated: bool) -> tuple[float, float | None]:
+    """Split a chosen mask threshold into the extent threshold and the empty-mask fallback.
+
+    Parameters
+    ----------
+    threshold : float
+        The mask threshold chosen on validation (image F1 first, without curated masks).
+    own_targets : bool
+        The uncurated targets are the U-Net's own masks cut at :data:`OWN_MASK_CUT`.
+    curated : bool
+        Curated masks chose the threshold (their IoU): it is kept as it is.
+
+    Returns
+    -------
+    mask : float
+        The threshold of every mask: :data:`OWN_MASK_CUT` when ``threshold`` is lower
+        and the targets are the U-Net's own, else ``threshold``.
+    fallback : float or None
+        ``threshold`` when it was raised (images with an empty mask at 0.5 are cut
+        there), else None.
+    """
+    if own_targets and not curated and threshold < OWN_MASK_CUT:
+        return OWN_MASK_CUT, float(threshold)
+    return float(threshold), None
 
 
 class _Components:
