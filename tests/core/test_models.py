@@ -10,6 +10,21 @@ import torch
 from napari_artseg.models import ResNetClassifier, UNet
 
 
+def fit_steps(model: torch.nn.Module, x: torch.Tensor, target: torch.Tensor,
+              steps: int) -> list[float]:
+    """Adam (lr 0.01) on binary cross-entropy for ``steps`` full-batch steps; the losses."""
+    opt = torch.optim.Adam(model.parameters(), lr=1e-2)
+    loss_fn = torch.nn.BCEWithLogitsLoss()
+    losses = []
+    for _ in range(steps):
+        opt.zero_grad()
+        loss = loss_fn(model(x), target)
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+    return losses
+
+
 @pytest.mark.parametrize("depth, expansion", [(18, 1), (34, 1), (50, 4)])
 @pytest.mark.parametrize("size", [(64, 64), (64, 96)])
 def test_resnet_shapes(depth: int, expansion: int, size: tuple[int, int]) -> None:
@@ -99,15 +114,7 @@ def test_resnet_learns_tiny_problem() -> None:
     x[::2, :, 8:20, 8:20] += 2.0  # every other image has a bright square
     y[::2] = 1.0
     model = ResNetClassifier(depth=18, width=4)
-    opt = torch.optim.Adam(model.parameters(), lr=1e-2)
-    loss_fn = torch.nn.BCEWithLogitsLoss()
-    losses = []
-    for _ in range(20):
-        opt.zero_grad()
-        loss = loss_fn(model(x), y)
-        loss.backward()
-        opt.step()
-        losses.append(loss.item())
+    losses = fit_steps(model, x, y, 20)
     assert losses[-1] < 0.5 * losses[0]
 
 
@@ -163,15 +170,7 @@ def test_unet_learns_fixed_square() -> None:
     x = torch.randn(4, 1, 32, 32)
     target = torch.zeros(4, 1, 32, 32)
     target[:, :, 8:24, 8:24] = 1.0
-    opt = torch.optim.Adam(model.parameters(), lr=1e-2)
-    loss_fn = torch.nn.BCEWithLogitsLoss()
-    losses = []
-    for _ in range(30):
-        opt.zero_grad()
-        loss = loss_fn(model(x), target)
-        loss.backward()
-        opt.step()
-        losses.append(loss.item())
+    losses = fit_steps(model, x, target, 30)
     assert losses[-1] < 0.5 * losses[0]
     model.eval()
     with torch.no_grad():
