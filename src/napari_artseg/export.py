@@ -37,7 +37,7 @@ from .atomic import atomic_path, atomic_write_text
 from .curation import CuratedMasks
 from .errors import ArtSegError
 from .image_files import image_key, read_image, write_tiff
-from .postprocess import final_mask, mask_cuts
+from .postprocess import chosen_cuts, final_mask
 from .prediction_cache import PredictionCache
 from .provenance import utc_now
 from .qc_table import decide, mask_statistics, parse_well, write_qc_tables
@@ -185,9 +185,7 @@ class _Masks:
     def _settings(self, pixel_size_um: float | None) -> tuple[tuple[float, ...], int]:
         """The mask's cuts (the user's threshold, else the model's and its fallback) and
         minimum size."""
-        cuts = mask_cuts(self.options.threshold) if self.options.threshold is not None \
-            else mask_cuts(float(self.thresholds.get("mask", 0.5)),
-                           self.thresholds.get("fallback"))
+        cuts = chosen_cuts(self.thresholds, self.options.threshold)
         size = self.options.min_size_px
         if size is None:
             size = self._model().min_size_for(pixel_size_um) if self.model is not None \

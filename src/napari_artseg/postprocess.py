@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from typing import Any
+
 import numpy as np
 from scipy import ndimage
 
@@ -42,6 +45,21 @@ def mask_cuts(threshold: float, fallback: float | None = None) -> tuple[float, .
     if fallback is None or not fallback < threshold:
         return (float(threshold),)
     return float(threshold), float(fallback)
+
+
+def chosen_cuts(thresholds: Mapping[str, Any], threshold: float | None = None) -> tuple[float, ...]:
+    """The cuts of a model's masks: a user's ``threshold`` alone, else the model's own.
+
+    Parameters
+    ----------
+    thresholds : mapping
+        A model's ``thresholds`` (``mask``, default 0.5, and an optional ``fallback``).
+    threshold : float, optional
+        A threshold chosen by the user: that one alone, no fallback.
+    """
+    if threshold is not None:
+        return mask_cuts(float(threshold))
+    return mask_cuts(float(thresholds.get("mask", 0.5)), thresholds.get("fallback"))
 
 
 def final_mask(prob: np.ndarray, cuts: tuple[float, ...], min_size: int) -> np.ndarray:

@@ -22,7 +22,7 @@ from .device import autocast, inference_copy, resolve_device
 from .model_files import read_model_document
 from .models import ResNetClassifier
 from .normalize import prepare_image, resize
-from .postprocess import final_mask, mask_cuts
+from .postprocess import chosen_cuts, final_mask
 from .tiling import predict_tiled
 from .training.classifier import classifier_probabilities
 from .training.data import global_view
@@ -169,7 +169,7 @@ class ArtSegModel:
         return dict(self.document.get("thresholds", {}))
 
     def mask_cuts(self, threshold: float | None = None) -> tuple[float, ...]:
-        """The thresholds a mask is tried at, in order (see :func:`.postprocess.mask_cuts`).
+        """The thresholds a mask is tried at, in order (:func:`.postprocess.chosen_cuts`).
 
         Parameters
         ----------
@@ -177,12 +177,7 @@ class ArtSegModel:
             A threshold chosen by the user: that one alone. Default: the model's
             ``mask`` threshold, then its empty-mask ``fallback`` when it has one.
         """
-        if threshold is not None:
-            return mask_cuts(float(threshold))
-        chosen = self.thresholds
-        fallback = chosen.get("fallback")
-        return mask_cuts(float(chosen.get("mask", 0.5)),
-                         None if fallback is None else float(fallback))
+        return chosen_cuts(self.thresholds, threshold)
 
     def min_size_for(self, pixel_size_um: float | None) -> int:
         """Minimum object size in full-resolution pixels (from um^2 when both are known)."""
