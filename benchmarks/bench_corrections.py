@@ -69,6 +69,7 @@ from napari_artseg.training.saliency_cache import CACHE_ENV
 
 #: Seeds whose supervised-minus-weak IoU gap is below this are left out of the per-seed shares.
 MIN_GAP = 0.01
+CORRECTORS = ("strokes", "truth")
 
 
 def make_set(folder: Path, n: int, size: int, seed: int) -> Path:
@@ -174,7 +175,7 @@ def run_seed(seed: int, args, train_set: Path, test: Path, work: Path) -> dict[s
     rng = np.random.default_rng(1000 + seed)
     random_order = [artifacts[i] for i in rng.permutation(len(artifacts))]
     for k in args.budgets:
-        for corrector in ("strokes", "truth"):
+        for corrector in args.correctors:
             folder = corrected_model(f"{args.tag}{corrector}-{k}", random_order[:k], corrector,
                                      preds, train_set, labels, weak, work, config, args.strokes)
             row[f"{corrector}_{k}"] = test_iou(folder, test)
@@ -199,7 +200,7 @@ def summarise(rows: list[dict[str, float]], budgets: list[int]) -> dict[str, obj
     k = min(budgets)
     gaps = {}
     mean_gap = stats["supervised"][0] - stats["weak"][0]
-    for corrector in ("strokes", "truth"):
+    for corrector in [c for c in CORRECTORS if f"{c}_{k}" in rows[0]]:
         # per seed, only where the gap is at least MIN_GAP (a vanishing gap makes any ratio
         # meaningless), and the share of the mean gap over all seeds
         shares = [(r[f"{corrector}_{k}"] - r["weak"]) / (r["supervised"] - r["weak"])
@@ -235,6 +236,7 @@ def main() -> None:
     parser.add_argument("--budgets", type=int, nargs="+", default=[10, 30])
     parser.add_argument("--active-k", type=int, nargs="*", default=[5, 10, 20],
                         help="active-selection budgets (none: skip the comparison)")
+    parser.add_argument("--correctors", nargs="+", choices=CORRECTORS, default=list(CORRECTORS))
     parser.add_argument("--strokes", type=int, default=5, help="brush strokes per image")
     parser.add_argument("--work", default="benchmarks/results/corrections-work")
     parser.add_argument("--json", default="benchmarks/results/corrections.json")

@@ -238,8 +238,9 @@ def main() -> None:
 
     # 2. approximations vs exact: speed and pseudo-mask IoU
     approx = {"exact, batch auto": exact["exact, batch auto"]}
-    for n_top, scale in ((32, 1.0), (16, 1.0), (None, 0.5), (None, 0.25), (32, 0.5),
-                         (16, 0.5)):
+    for n_top, scale in ((32, 1.0), (16, 1.0), (8, 1.0), (None, 0.5), (None, 0.25),
+                         (None, 0.125), (32, 0.5), (16, 0.5), (16, 0.25), (8, 0.25),
+                         (8, 0.125)):
         name = " + ".join(([f"top-{n_top} channels"] if n_top else [])
                           + ([f"score at {scale:g}x"] if scale < 1 else []))
         approx[name] = (lambda x, n=n_top, s=scale: scorecam(

@@ -24,6 +24,7 @@ POLARITIES = ("both", "dark", "bright")
 POOLS = ("avg", "avgmax", "lse")
 PSEUDO_LABEL_RULES = ("otsu", "deletion")
 GATE_RULES = ("joint", "classifier")
+FINE_TUNE_SCHEDULES = ("plateau", "cosine")
 
 
 @dataclass
@@ -72,6 +73,9 @@ class ArtSegConfig:
     balance_classes: bool = True
     dice_weight: float = 0.0
     curated_weight: float = 1.0
+    # Share of the artifact crops drawn from curated masks when some artifact images have
+    # one and others pseudo-labels (0: each image as often as any other; docs/loop.md).
+    curated_share: float = 0.5
     seed: int = 0
     device: str = "auto"
     amp: bool = True
@@ -89,6 +93,13 @@ class ArtSegConfig:
     # With curated artifact masks in the validation split, only human-given targets
     # (curated masks, clean labels) choose the U-Net's best epoch.
     curated_validation: bool = True
+    # Curated artifact masks the validation split must hold for them to stay there and
+    # judge; with fewer, they train (and validation is judged as without them).
+    curated_validation_min: int = 5
+    # Fine-tuning with curated masks in training but none judging in validation:
+    # "plateau" chooses the best epoch on validation as any training does; "cosine"
+    # anneals the learning rate to 0 over the epochs and keeps the last weights.
+    fine_tune_schedule: str = "cosine"
     pseudo_label_cache: bool = True
     # Thresholds (None: chosen on the validation split after training).
     pseudo_label_threshold: float | None = None
@@ -149,6 +160,8 @@ class ArtSegConfig:
             (self.learning_rate > 0, "learning_rate must be > 0"),
             (self.fine_tune_lr_factor > 0, "fine_tune_lr_factor must be > 0"),
             (0 < self.val_fraction < 1, "val_fraction must be between 0 and 1"),
+            (0 <= self.curated_share < 1, "curated_share must be >= 0 and < 1"),
+            (self.curated_validation_min >= 1, "curated_validation_min must be >= 1"),
             (self.device in DEVICES, f"device must be one of {', '.join(DEVICES)}"),
             (self.scorecam_weighting in WEIGHTINGS,
              f"scorecam_weighting must be one of {', '.join(WEIGHTINGS)}"),
@@ -160,6 +173,8 @@ class ArtSegConfig:
             (self.pseudo_label_rule in PSEUDO_LABEL_RULES,
              f"pseudo_label_rule must be one of {', '.join(PSEUDO_LABEL_RULES)}"),
             (self.gate_rule in GATE_RULES, f"gate_rule must be one of {', '.join(GATE_RULES)}"),
+            (self.fine_tune_schedule in FINE_TUNE_SCHEDULES,
+             f"fine_tune_schedule must be one of {', '.join(FINE_TUNE_SCHEDULES)}"),
             (1 <= self.gate_symmetries <= 8, "gate_symmetries must be between 1 and 8"),
             (self.self_training_rounds >= 0, "self_training_rounds must be >= 0"),
             (self.method in METHODS, f"method must be one of {', '.join(METHODS)}"),
@@ -252,7 +267,9 @@ class ArtSegConfig:
 #: Fields added after the first saved models, with the value that reproduces how those
 #: models were built (a config file without the field gets this, not the new default).
 LEGACY_VALUES: dict[str, Any] = {"unet_input_size": None, "gate_symmetries": 1,
-                                 "unet_downsample": 1, "mask_fallback": False}
+                                 "unet_downsample": 1, "mask_fallback": False,
+                                 "curated_validation_min": 1, "curated_share": 0.0,
+                                 "fine_tune_schedule": "plateau"}
 
 #: Integer settings that also accept the word "auto".
 AUTO_INTEGERS = ("scorecam_batch_size",)

@@ -132,22 +132,94 @@ def stratified_split(
     return sorted(train), sorted(val)
 
 
-def balanced_indices(labels: list[int], n: int, generator: torch.Generator) -> list[int]:
-    """Draw ``n`` indices with replacement so both classes are equally likely."""
+def weighted_indices(labels: list[int], curated: list[bool], n: int, generator: torch.Generator,
+                     balance: bool, curated_share: float) -> list[int]:
+    """Draw ``n`` indices with replacement, by class and by curated mask.
+
+    Parameters
+    ----------
+    labels : list of int
+        Image labels (1 artifact).
+    curated : list of bool
+        Which images have a curated mask.
+    n : int
+        Number of draws.
+    generator : torch.Generator
+        Random source.
+    balance : bool
+        Both classes equally likely (else each image equally likely).
+    curated_share : float
+        When artifact images with and without a curated mask are both present and
+        this is above 0, that share of the artifact draws goes to the curated ones.
+
+    Returns
+    -------
+    list of int
+    """
     labels_t = torch.tensor(labels, dtype=torch.float64)
-    n_pos = labels_t.sum()
+    positive = labels_t > 0
+    curated_t = torch.tensor(curated, dtype=torch.bool) & positive
+    n_pos = float(positive.sum())
     n_neg = len(labels) - n_pos
-    weights = torch.where(labels_t > 0, 1.0 / max(n_pos, 1), 1.0 / max(n_neg, 1))
+    positive_total = 0.5 if balance else n_pos / max(len(labels), 1)
+    negative_total = 0.5 if balance else n_neg / max(len(labels), 1)
+    weights = torch.where(positive, positive_total / max(n_pos, 1),
+                          negative_total / max(n_neg, 1))
+    n_cur = int(curated_t.sum())
+    if curated_share > 0 and 0 < n_cur < n_pos:
+        share = positive_total * (1 - curated_share) / (n_pos - n_cur)
+        weights = torch.where(positive, share, weights)
+        weights = torch.where(curated_t, positive_total * curated_share / n_cur, weights)
     return torch.multinomial(weights, n, replacement=True, generator=generator).tolist()
 
 
 def epoch_order(
-    train_idx: list[int], labels: list[int], balance: bool, generator: torch.Generator
+    train_idx: list[int], labels: list[int], balance: bool, generator: torch.Generator,
+    curated: list[bool] | None = None, curated_share: float = 0.0,
 ) -> list[int]:
-    """One epoch's training order: class-balanced draws with replacement, or a permutation."""
-    if balance:
-        return [train_idx[i] for i in balanced_indices(labels, len(train_idx), generator)]
+    """One epoch's training order: weighted draws with replacement, or a permutation.
+
+    Draws (:func:`weighted_indices`) when ``balance`` or when a ``curated_share``
+    applies (curated and uncurated artifact images both present); otherwise a
+    permutation of ``train_idx``. ``labels`` and ``curated`` describe the images of
+    ``train_idx``.
+    """
+    curated = curated or [False] * len(train_idx)
+    n_cur = sum(c and lab == 1 for c, lab in zip(curated, labels, strict=True))
+    shared = curated_share > 0 and 0 < n_cur < sum(lab == 1 for lab in labels)
+    if balance or shared:
+        drawn = weighted_indices(labels, curated, len(train_idx), generator, balance,
+                                 curated_share)
+        return [train_idx[i] for i in drawn]
     return [train_idx[i] for i in torch.randperm(len(train_idx), generator=generator)]
+
+
+def curated_to_training(items: list[TrainingItem], train_idx: list[int], val_idx: list[int],
+                        minimum: int) -> tuple[list[int], list[int]]:
+    """Move the validation split's curated masks to training when it holds too few to judge.
+
+    Parameters
+    ----------
+    items : list of TrainingItem
+        All training items.
+    train_idx, val_idx : list of int
+        The split.
+    minimum : int
+        Curated artifact masks the validation split needs to keep its curated masks
+        (``config.curated_validation_min``).
+
+    Returns
+    -------
+    train_idx, val_idx : list of int
+        Sorted; unchanged when the split holds no curated mask, at least
+        ``minimum`` curated artifact masks, or no other artifact image.
+    """
+    moving = {i for i in val_idx if items[i].curated}
+    staying = [i for i in val_idx if i not in moving]
+    if (not moving or sum(items[i].label == 1 for i in moving) >= minimum
+            or not any(items[i].label == 1 for i in staying)):
+        return train_idx, val_idx
+    return sorted([*train_idx, *moving]), staying
 
 
 def d4(tensor: torch.Tensor, k: int) -> torch.Tensor:

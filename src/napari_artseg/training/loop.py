@@ -1,6 +1,7 @@
 """The epoch loop shared by the classifier and the U-Net.
 
-Adam, ReduceLROnPlateau on the validation loss, early stopping, best weights kept;
+Adam, ReduceLROnPlateau on the validation loss, early stopping, best weights kept
+(or, with ``keep_last``, a cosine-annealed learning rate and the last weights);
 DistributedDataParallel when a process group is initialised (see :mod:`.ddp`).
 Batches are prepared one thread ahead of training, pinned when training on CUDA
 (:mod:`.prefetch`).
@@ -117,6 +118,7 @@ def fit(
     validate: Callable[[torch.nn.Module], dict[str, float]],
     learning_rate: float | None = None,
     prefetch_batches: int | None = None,
+    keep_last: bool = False,
 ) -> Generator[ProgressEvent, None, FitResult]:
     """Train ``model`` in place for up to ``epochs`` epochs, keeping the best weights.
 
@@ -147,6 +149,10 @@ def fit(
         Batches prepared ahead in a background thread (default
         :data:`~napari_artseg.training.prefetch.PREFETCH_BATCHES`; 0: none). The
         batches are the same either way; closing this generator stops the thread.
+    keep_last : bool
+        Run every epoch with the learning rate cosine-annealed to 0 and keep the last
+        weights (validation is still run and recorded, but chooses nothing): for when
+        the validation targets cannot judge what the training teaches.
 
     Yields
     ------
@@ -169,9 +175,12 @@ def fit(
 
     trained = wrap(model, device)  # DistributedDataParallel inside a process group
     optimizer = torch.optim.Adam(model.parameters(), lr=learning_rate or config.learning_rate)
-    scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(
-        optimizer, factor=config.lr_factor, patience=config.lr_patience
-    )
+    if keep_last:
+        scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(1, epochs))
+    else:
+        scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(
+            optimizer, factor=config.lr_factor, patience=config.lr_patience
+        )
     result = FitResult()
     best_state = copy.deepcopy(model.state_dict())
     stale = 0
@@ -192,11 +201,17 @@ def fit(
         model.eval()
         metrics = broadcast(validate(model) if is_rank_zero() else None)  # same steps on all
         val_loss = float(metrics["val_loss"])
-        scheduler.step(val_loss)
+        if keep_last:
+            scheduler.step()
+        else:
+            scheduler.step(val_loss)
         row = {"epoch": epoch, "train_loss": sum(losses) / max(1, len(losses)),
                "lr": optimizer.param_groups[0]["lr"], **metrics}
         result.history.append(row)
-        if val_loss < result.best_val_loss - 1e-7:
+        if keep_last:
+            result.best_val_loss, result.best_epoch, stale = val_loss, epoch, 0
+            best_state = None
+        elif val_loss < result.best_val_loss - 1e-7:
             result.best_val_loss, result.best_epoch, stale = val_loss, epoch, 0
             best_state = copy.deepcopy(model.state_dict())
         else:
@@ -207,6 +222,7 @@ def fit(
         if stale >= config.early_stop_patience:
             result.stopped_early = True
             break
-    model.load_state_dict(best_state)
+    if best_state is not None:
+        model.load_state_dict(best_state)
     model.eval()
     return result

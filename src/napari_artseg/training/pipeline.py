@@ -30,7 +30,13 @@ from ..training.classifier import (
     global_views,
     train_classifier,
 )
-from ..training.data import TrainingItem, check_label_counts, load_training_items, stratified_split
+from ..training.data import (
+    TrainingItem,
+    check_label_counts,
+    curated_to_training,
+    load_training_items,
+    stratified_split,
+)
 from ..training.pseudo_labels import (
     assign_targets,
     choose_pseudo_threshold,
@@ -40,6 +46,7 @@ from ..training.pseudo_labels import (
 )
 from ..training.segmenter import (
     build_unet,
+    corrections_unjudged,
     refresh_pseudo_targets,
     train_unet,
     unet_probability,
@@ -237,6 +244,8 @@ def train_scorecam_unet(
     counts = check_label_counts(items)
     train_idx, val_idx = stratified_split([i.label for i in items], config.val_fraction,
                                           config.seed)
+    train_idx, val_idx = curated_to_training(items, train_idx, val_idx,
+                                             config.curated_validation_min)
     classifier, unet, parent, parent_unet = _init_networks(Path(init) if init else None, config)
     fine_tune_lr = config.start_learning_rate(bool(init))
     metadata: dict[str, Any] = {"parent": parent, "label_counts": counts,
@@ -285,8 +294,10 @@ def train_scorecam_unet(
             pseudo_report["parent_mask_targets"] = found["self_training_updated"]
         yield ProgressEvent("unet", kind="stage", message="training the U-Net",
                             metrics={"pseudo_label_threshold": pseudo, **pseudo_report})
+        keep_last = (parent_unet and config.fine_tune_schedule == "cosine"
+                     and corrections_unjudged(items, train_idx, val_idx))
         unet, fit_u = yield from train_unet(items, train_idx, val_idx, config, device, unet,
-                                            fine_tune_lr)
+                                            fine_tune_lr, keep_last=keep_last)
         tables["history_unet"] = fit_u.history
         rounds = config.self_training_rounds if maps else 0  # nothing pseudo-labelled: skip
         for round_ in range(1, rounds + 1):
@@ -297,7 +308,8 @@ def train_scorecam_unet(
                                 message=f"fine-tuning the U-Net, round {round_}")
             tuned = config.replace(unet_epochs=max(1, config.unet_epochs // 2))
             unet, fit_r = yield from train_unet(items, train_idx, val_idx, tuned, device, unet,
-                                                config.learning_rate * 0.1, stage="unet_finetune")
+                                                config.learning_rate * 0.1, stage="unet_finetune",
+                                                keep_last=keep_last)
             offset = len(tables["history_unet"])
             tables["history_unet"] += [{**row, "epoch": row["epoch"] + offset, "round": round_}
                                        for row in fit_r.history]

@@ -94,6 +94,20 @@ def judged_validation(items: list[TrainingItem], val_idx: list[int], enabled: bo
     return list(val_idx)
 
 
+def corrections_unjudged(items: list[TrainingItem], train_idx: list[int],
+                         val_idx: list[int]) -> bool:
+    """Whether curated artifact masks train while none is in the validation split.
+
+    The validation targets of the artifact images are then pseudo-labels or a
+    parent model's own masks, which cannot tell whether the U-Net learnt what the
+    corrections teach (``config.fine_tune_schedule``).
+    """
+    def has_curated(indices: list[int]) -> bool:
+        return any(items[i].curated and items[i].label == 1 for i in indices)
+
+    return has_curated(train_idx) and not has_curated(val_idx)
+
+
 def train_unet(
     items: list[TrainingItem],
     train_idx: list[int],
@@ -103,15 +117,17 @@ def train_unet(
     model: UNet | None = None,
     learning_rate: float | None = None,
     stage: str = "unet",
+    keep_last: bool = False,
 ) -> Generator[ProgressEvent, None, tuple[UNet, FitResult]]:
     """Train the U-Net on the items' ``target`` maps; yields progress, returns model and fit.
 
     Each epoch draws as many random ``unet_input_size`` crops as there are training
     images, artifact images as often as clean ones when ``config.balance_classes``.
-    Curated targets weigh ``config.curated_weight`` times more than pseudo-labels.
+    Curated targets weigh ``config.curated_weight`` times more than pseudo-labels, and
+    ``config.curated_share`` of the artifact crops come from them (when above 0).
     Validation runs the tiled prediction over the whole validation images (only
     those with targets a person gave once a curated artifact mask is among them:
-    :func:`judged_validation`).
+    :func:`judged_validation`). ``keep_last``: see :func:`~.loop.fit`.
     """
     missing = [items[i].key for i in (*train_idx, *val_idx) if items[i].target is None]
     if missing:
@@ -121,6 +137,7 @@ def train_unet(
     generator = torch.Generator().manual_seed(config.seed + 1)
     augmenter = rank_generator(generator, config.seed + 1)
     train_labels = [items[i].label for i in train_idx]
+    train_curated = [items[i].curated for i in train_idx]
     per_step = local_batch(config.batch_size)
     n_batches = max(1, -(-len(rank_share(train_idx)) // per_step))
 
@@ -135,7 +152,8 @@ def train_unet(
         return image, target, weight
 
     def batches(epoch: int):
-        order = epoch_order(train_idx, train_labels, config.balance_classes, generator)
+        order = epoch_order(train_idx, train_labels, config.balance_classes, generator,
+                            train_curated, config.curated_share)
         order = rank_share(order)  # this rank's part (all of it in one process)
         for start in range(0, len(order), per_step):
             crops = [sample(i) for i in order[start:start + per_step]]
@@ -161,7 +179,7 @@ def train_unet(
 
     result = yield from fit(
         stage, model, config, config.unet_epochs, device, batches, n_batches, loss_fn, validate,
-        learning_rate,
+        learning_rate, keep_last=keep_last,
     )
     return model, result
 
