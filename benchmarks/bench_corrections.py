@@ -6,7 +6,9 @@ Per seed:
 2. the fully supervised U-Net (every training image's true mask): the upper bound;
 3. simulated corrections of the weak model's predicted masks for 10 and 30 training
    artifact images, then a retrain (fine-tuning the weak model with the curated masks, as
-   ``artseg train --project`` does: curated_weight 4, dice_weight 1). Two correctors:
+   ``artseg train --project`` does: curated_weight 4, dice_weight 1; the config's
+   few-corrections rules, ``curated_validation_min``, ``curated_share`` and
+   ``fine_tune_schedule``, apply as they are set). Two correctors (``--correctors``):
    ``strokes`` starts from the prediction and fixes its largest errors (connected components
    of prediction XOR truth) with a budget of brush strokes per image, one component per
    stroke; ``truth`` takes the true mask (the shortcut). As ``artseg train --project`` does

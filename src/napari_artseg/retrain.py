@@ -11,7 +11,10 @@ images). Fine-tuning keeps the current model's method; a model whose method
 cannot be fine-tuned (anomaly detectors, ensembles) is replaced by a new one
 trained from scratch with the chosen method. Curated pixels weigh
 more (``curated_weight``) and a soft-Dice term fights class imbalance
-(``dice_weight``). The current model is fine-tuned unless ``from_scratch``.
+(``dice_weight``); while they are few, the curated masks all train, half the
+artifact crops come from them and the fine-tune keeps its last, annealed epoch
+(``curated_validation_min``, ``curated_share``, ``fine_tune_schedule``). The current
+model is fine-tuned unless ``from_scratch``.
 When the image labels are exactly those the parent was trained on (its
 ``manifest.csv``), its classifier is kept (``classifier_epochs=0``): only
 the U-Net learns from the corrections, and the Score-CAM maps of the unchanged
