@@ -94,8 +94,9 @@ class ArtSegConfig:
     # (curated masks, clean labels) choose the U-Net's best epoch.
     curated_validation: bool = True
     # Curated artifact masks the validation split must hold for them to stay there and
-    # judge; with fewer, they train (and validation is judged as without them).
-    curated_validation_min: int = 5
+    # judge; with fewer, they train (and validation is judged as without them). 5-8
+    # judging did worse than all training at 30 corrections (docs/loop.md).
+    curated_validation_min: int = 20
     # Fine-tuning with curated masks in training but none judging in validation:
     # "plateau" chooses the best epoch on validation as any training does; "cosine"
     # anneals the learning rate to 0 over the epochs and keeps the last weights.

@@ -83,7 +83,7 @@ def test_configs_written_before_the_rule_keep_every_curated_mask_where_it_fell()
     assert config.fine_tune_schedule == "plateau"
     new = ArtSegConfig()
     assert (new.curated_validation_min, new.curated_share, new.fine_tune_schedule) == (
-        5, 0.5, "cosine")
+        20, 0.5, "cosine")
 
 
 def test_keep_last_anneals_the_rate_to_zero_and_keeps_the_last_weights():

@@ -40,7 +40,7 @@ def test_few_curated_masks_train_and_the_fine_tune_keeps_its_last_cosine_epoch(
     folder = drain(train_pipeline(tiny_dataset / "images", labels, tmp_path / "m", config,
                                   masks_dir=masks, init=tiny_model))
     split = {row["image"]: row["split"] for row in rows(folder / "manifest.csv")}
-    assert all(split[key] == "train" for key in chosen)  # 1 < curated_validation_min = 5
+    assert all(split[key] == "train" for key in chosen)  # 1 < curated_validation_min = 20
     history = rows(folder / "history_unet.csv")
     first = [row for row in history if not row["round"]]
     assert len(first) == 3  # every epoch ran
