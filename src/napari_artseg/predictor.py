@@ -23,6 +23,7 @@ from .model_files import read_model_document
 from .models import ResNetClassifier
 from .normalize import prepare_image, resize
 from .postprocess import chosen_cuts, final_mask
+from .scorecam import ScoreCam
 from .tiling import predict_tiled
 from .training.classifier import classifier_probabilities
 from .training.data import global_view
@@ -101,6 +102,7 @@ class ArtSegModel:
         self.folder = folder
         self._memo: tuple[torch.Tensor, torch.Tensor] | None = None
         self._copies: dict[str, tuple[torch.nn.Module, torch.nn.Module]] = {}
+        self._scorecam: tuple[torch.nn.Module, ScoreCam] | None = None
 
     @classmethod
     def load(cls, folder: str | os.PathLike, device: str = "auto") -> ArtSegModel:
@@ -154,9 +156,28 @@ class ArtSegModel:
         return self._inference_network("classifier")
 
     def refresh_inference_copies(self) -> None:
-        """Forget the inference copies, e.g. after loading new weights into ``unet`` in place."""
+        """Forget the inference copies and the Score-CAM networks, e.g. after loading new
+        weights into ``unet`` or ``classifier`` in place."""
         self._copies.clear()
         self._memo = None
+        self._scorecam = None
+
+    def scorecam_views(self, views: torch.Tensor) -> torch.Tensor:
+        """Score-CAM maps of classifier views with the model's settings, (N, S, S) in [0, 1].
+
+        The networks of the masked passes are built on first use and kept for
+        this classifier object (:func:`~napari_artseg.saliency.scorecam_runner`).
+
+        Parameters
+        ----------
+        views : torch.Tensor
+            (N, 1, S, S) zero-centred whole-image views on the model's device.
+        """
+        from .saliency import scorecam_runner
+
+        if self._scorecam is None or self._scorecam[0] is not self.classifier:
+            self._scorecam = (self.classifier, scorecam_runner(self.classifier, self.config))
+        return self._scorecam[1](views)
 
     @property
     def model_id(self) -> str:
@@ -254,13 +275,11 @@ class ArtSegModel:
         Uses the model's Score-CAM settings (weighting, batch size, channel limit).
         None for a method without a classifier.
         """
-        from .saliency import config_scorecam
-
         if self.classifier is None:
             return None
         prepared = self.prepare(np.asarray(image))
         view = global_view(prepared, self.config.input_size)[None].to(self.device)
-        cam = config_scorecam(self.classifier, view, self.config)
+        cam = self.scorecam_views(view)
         full = resize(cam[:, None].float().cpu(), tuple(np.shape(image)))[0, 0]
         return full.clamp_(0, 1).numpy().astype(np.float32, copy=False)
 

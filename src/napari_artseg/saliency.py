@@ -2,23 +2,21 @@
 
 from __future__ import annotations
 
-import torch
-
 from .config import ArtSegConfig
 from .models.resnet import ResNetClassifier, cam_target
-from .scorecam import scorecam
+from .scorecam import ScoreCam
 
 
-def config_scorecam(classifier: ResNetClassifier, views: torch.Tensor,
-                    config: ArtSegConfig) -> torch.Tensor:
-    """Score-CAM maps of ``views`` as the config asks.
+def scorecam_runner(classifier: ResNetClassifier, config: ArtSegConfig) -> ScoreCam:
+    """A :class:`~napari_artseg.scorecam.ScoreCam` of ``classifier`` with the config's settings.
+
+    Make one per trained classifier and call it on every image: its networks
+    are built once (not per image).
 
     Parameters
     ----------
     classifier : ResNetClassifier
-        The trained classifier.
-    views : torch.Tensor
-        (N, 1, S, S) zero-centred whole-image views on the classifier's device.
+        The trained classifier (its weights must not change while the runner is used).
     config : ArtSegConfig
         Uses ``scorecam_stage`` (the target stage: 4 is the last, as in the paper;
         3 has a twice finer grid), ``scorecam_weighting``, ``scorecam_batch_size``
@@ -27,10 +25,11 @@ def config_scorecam(classifier: ResNetClassifier, views: torch.Tensor,
 
     Returns
     -------
-    torch.Tensor
-        (N, S, S) maps in [0, 1], float32.
+    ScoreCam
+        Call it with (N, 1, S, S) zero-centred whole-image views on the
+        classifier's device; it returns (N, S, S) maps in [0, 1], float32.
     """
-    return scorecam(cam_target(classifier, config.scorecam_stage), views,
+    return ScoreCam(cam_target(classifier, config.scorecam_stage),
                     batch_size=config.scorecam_batch_size, weighting=config.scorecam_weighting,
                     max_channels=config.scorecam_max_channels,
                     score_scale=config.scorecam_score_scale)

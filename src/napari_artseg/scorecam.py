@@ -43,6 +43,7 @@ Definitions shared by both functions
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 import torch
@@ -173,11 +174,12 @@ def _select_channels(acts: torch.Tensor, max_channels: int | None) -> torch.Tens
     return torch.topk(variance, max_channels).indices.sort().values
 
 
-def _scorecam_one(model: nn.Module, image: torch.Tensor, passes: MaskedPasses,
-                  weighting: str, skip_dead: bool, max_channels: int | None) -> torch.Tensor:
+def _scorecam_one(features: Callable[[torch.Tensor], torch.Tensor], image: torch.Tensor,
+                  passes: MaskedPasses, weighting: str, skip_dead: bool,
+                  max_channels: int | None) -> torch.Tensor:
     """Fast Score-CAM of one image (C, H, W) -> (H, W) float32."""
     size = (image.shape[-2], image.shape[-1])
-    acts = model.features(image[None])[0].float()
+    acts = features(image[None])[0].float().contiguous()
     kept = acts[_select_channels(acts, max_channels)]
     constant = constant_channels(kept)
     rows = torch.nonzero(~constant).flatten() if skip_dead else torch.arange(kept.shape[0])
@@ -203,6 +205,105 @@ def _check_options(batch_size: int | str, max_channels: int | None, score_scale:
         raise ValueError(f"score_scale must be in (0, 1], got {score_scale}")
 
 
+class ScoreCam:
+    """Score-CAM of one classifier, image after image, with its fixed costs paid once.
+
+    Calling it gives the maps of :func:`scorecam` (same options, same result).
+    The networks the passes run through (batch norms folded, ``channels_last``
+    copies, :func:`~napari_artseg.scorecam_tuning.scoring_network` and
+    :func:`~napari_artseg.scorecam_tuning.feature_network`) are built on the
+    first call and kept, so a loop over a screen's images builds them once
+    instead of once per image (on the ``fast`` classifier that build costs about
+    as much as the features pass of an image; docs/performance.md). The kept
+    copies do not follow later changes of the classifier's weights or device:
+    make a new ``ScoreCam`` after training or moving it.
+
+    Parameters
+    ----------
+    model : ResNetClassifier
+        Classifier with ``features`` (target layer), ``forward`` (logits) and
+        ``num_feature_channels``; never modified. Each call puts it in eval
+        mode and restores every module's training flag afterwards.
+    batch_size, weighting, skip_dead, max_channels, score_scale, fold_batch_norm, amp, \
+channels_last, workers
+        See :func:`scorecam`.
+
+    Raises
+    ------
+    ValueError
+        For a bad ``weighting``, ``batch_size``, ``max_channels`` or ``score_scale``
+        (a bad ``workers`` on the first call).
+    """
+
+    def __init__(self, model: ResNetClassifier, batch_size: int | str = 32,
+                 weighting: str = "probability", skip_dead: bool = True,
+                 max_channels: int | None = None, score_scale: float = 1.0,
+                 fold_batch_norm: bool = True, amp: bool = False, channels_last: bool = True,
+                 workers: int | str = "auto") -> None:
+        if weighting not in WEIGHTINGS:
+            raise ValueError(f"weighting must be one of {WEIGHTINGS}, got {weighting!r}")
+        _check_options(batch_size, max_channels, score_scale)
+        self.model = model
+        self.batch_size = batch_size
+        self.weighting = weighting
+        self.skip_dead = skip_dead
+        self.max_channels = max_channels
+        self.score_scale = score_scale
+        self.fold_batch_norm = fold_batch_norm
+        self.amp = amp
+        self.channels_last = channels_last
+        self.workers = workers
+        self._networks: tuple[Callable[[torch.Tensor], torch.Tensor], nn.Module] | None = None
+
+    def networks(self) -> tuple[Callable[[torch.Tensor], torch.Tensor], nn.Module]:
+        """(features, scoring network) of the passes, built on first use and kept.
+
+        Build them under the classifier's eval mode (a call does).
+        """
+        from .scorecam_tuning import feature_network, scoring_network
+
+        if self._networks is None:
+            self._networks = (
+                feature_network(self.model, self.fold_batch_norm, self.channels_last),
+                scoring_network(self.model, self.fold_batch_norm, self.channels_last))
+        return self._networks
+
+    def __call__(self, images: torch.Tensor) -> torch.Tensor:
+        """Maps in [0, 1], shape (N, H, W), float32, on ``images.device`` (see :func:`scorecam`).
+
+        Parameters
+        ----------
+        images : torch.Tensor
+            Shape (N, C, H, W), float, on the model's device, zero-centred per image.
+        """
+        from .scorecam_passes import CpuWorkers, MaskedPasses, resolve_workers
+        from .scorecam_tuning import resolve_batch_size
+
+        _check_args(images, self.weighting)
+        n, channels, height, width = images.shape
+        size = scoring_size((height, width), self.score_scale)
+        sample = (channels, *size)
+        k = self.model.num_feature_channels if self.max_channels is None else min(
+            self.max_channels, self.model.num_feature_channels)
+        count = resolve_workers(self.workers, images.device, k)
+        with _EvalMode(self.model), CpuWorkers(count) as pool:
+            features, network = self.networks()
+            with torch.inference_mode():
+                batch = resolve_batch_size(self.batch_size, network, sample, k, images.device,
+                                           self.amp, self.channels_last, self.model, pool)
+                passes = MaskedPasses(network, channels, size, batch, images, self.amp,
+                                      self.channels_last, pool)
+                maps = [_scorecam_one(features, images[i], passes, self.weighting,
+                                      self.skip_dead, self.max_channels) for i in range(n)]
+                result = (
+                    torch.stack(maps)
+                    if maps
+                    else torch.zeros((0, height, width), dtype=torch.float32,
+                                     device=images.device)
+                )
+        return result.clone()
+
+
 def scorecam(
     model: ResNetClassifier,
     images: torch.Tensor,
@@ -217,6 +318,9 @@ def scorecam(
     workers: int | str = "auto",
 ) -> torch.Tensor:
     """Score-CAM saliency maps of the artifact class, memory-bounded and batched.
+
+    One call builds the networks it needs and drops them; to map many images
+    one call at a time, make one :class:`ScoreCam` and call it instead.
 
     Parameters
     ----------
@@ -251,13 +355,15 @@ def scorecam(
         image size (image area-averaged, maps upsampled to that size); the
         activation maps and the result stay at full size. 1.0 is exact.
     fold_batch_norm : bool
-        Run the masked passes through a copy of the classifier with batch norms
-        folded into the convolutions (same logits up to float rounding).
+        Run the features pass and the masked passes through copies of the
+        classifier with batch norms folded into the convolutions (same
+        activations and logits up to float rounding).
     amp : bool
         bf16 autocast of the forward passes on CUDA (not exact); ignored elsewhere.
     channels_last : bool
-        Masked passes in ``channels_last`` memory format (a copy of the weights;
-        measured faster on this project's CPU, docs/performance.md).
+        Features pass and masked passes in ``channels_last`` memory format (a
+        copy of the weights; measured faster on this project's CPU,
+        docs/performance.md).
     workers : int or "auto"
         On a CPU, threads that share each image's masked passes, each with its
         share of the caller's torch threads (``"auto"``: one per torch thread,
@@ -276,32 +382,10 @@ def scorecam(
         For a bad ``weighting``, ``batch_size``, ``max_channels``,
         ``score_scale`` or ``workers``, or ``images`` that are not 4-D.
     """
-    from .scorecam_passes import CpuWorkers, MaskedPasses, resolve_workers
-    from .scorecam_tuning import resolve_batch_size, scoring_network
-
-    _check_args(images, weighting)
-    _check_options(batch_size, max_channels, score_scale)
-    n, channels, height, width = images.shape
-    size = scoring_size((height, width), score_scale)
-    sample = (channels, *size)
-    k = model.num_feature_channels if max_channels is None else min(
-        max_channels, model.num_feature_channels)
-    count = resolve_workers(workers, images.device, k)
-    with _EvalMode(model), CpuWorkers(count) as pool:
-        network = scoring_network(model, fold_batch_norm, channels_last)
-        with torch.inference_mode():
-            batch = resolve_batch_size(batch_size, network, sample, k, images.device, amp,
-                                       channels_last, model, pool)
-            passes = MaskedPasses(network, channels, size, batch, images, amp, channels_last,
-                                  pool)
-            maps = [_scorecam_one(model, images[i], passes, weighting, skip_dead, max_channels)
-                    for i in range(n)]
-            result = (
-                torch.stack(maps)
-                if maps
-                else torch.zeros((0, height, width), dtype=torch.float32, device=images.device)
-            )
-    return result.clone()
+    return ScoreCam(model, batch_size=batch_size, weighting=weighting, skip_dead=skip_dead,
+                    max_channels=max_channels, score_scale=score_scale,
+                    fold_batch_norm=fold_batch_norm, amp=amp, channels_last=channels_last,
+                    workers=workers)(images)
 
 
 def scorecam_reference(

@@ -119,6 +119,42 @@ def scoring_network(model: nn.Module, fold_batch_norm: bool = True,
     return network
 
 
+
+class _Features(nn.Module):
+    """``model.features`` as a module's ``forward`` (so it can be traced and folded)."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """The model's target-layer activations."""
+        return self.model.features(x)
+
+
+def feature_network(model: nn.Module, fold_batch_norm: bool = True,
+                    channels_last: bool = False) -> Callable[[torch.Tensor], torch.Tensor]:
+    """What computes Score-CAM's activation maps: ``model.features``, or a faster copy.
+
+    Parameters
+    ----------
+    model : torch.nn.Module
+        The classifier (with ``features``), in eval mode.
+    fold_batch_norm, channels_last : bool
+        As in :func:`scoring_network`; with both false, ``model.features`` itself
+        (the reference's arithmetic).
+
+    Returns
+    -------
+    callable
+        ``features(x) -> activations``, equal to ``model.features(x)`` up to float
+        rounding; ``model`` is never modified.
+    """
+    if not (fold_batch_norm or channels_last):
+        return model.features
+    return scoring_network(_Features(model), fold_batch_norm, channels_last)
+
+
 def model_signature(model: nn.Module) -> tuple:
     """What makes two models cost the same per pass: class and parameter shapes."""
     return (type(model).__name__, tuple(tuple(p.shape) for p in model.parameters()))

@@ -215,9 +215,9 @@ def test_scorecam_at_an_earlier_stage_equals_the_reference() -> None:
     assert torch.allclose(fast, scorecam_reference(view, image[0]), atol=1e-4)
 
 
-def test_config_scorecam_passes_score_scale_and_auto_batch_size() -> None:
+def test_scorecam_runner_passes_score_scale_and_auto_batch_size() -> None:
     from napari_artseg.config import ArtSegConfig, preset
-    from napari_artseg.saliency import config_scorecam
+    from napari_artseg.saliency import scorecam_runner
     from napari_artseg.scorecam import scorecam
 
     torch.manual_seed(2)
@@ -227,17 +227,17 @@ def test_config_scorecam_passes_score_scale_and_auto_batch_size() -> None:
                     scorecam_stage=4)  # the network's own features: compared with scorecam(net)
     config = ArtSegConfig.from_dict(json.loads(config.to_json()))  # as read from a model folder
     assert config.scorecam_batch_size == "auto"
-    coarse = config_scorecam(net, image, config)
+    coarse = scorecam_runner(net, config)(image)
     assert torch.allclose(coarse, scorecam(net, image, batch_size=4, score_scale=0.5), atol=1e-5)
-    exact = config_scorecam(net, image, config.replace(scorecam_score_scale=1.0))
+    exact = scorecam_runner(net, config.replace(scorecam_score_scale=1.0))(image)
     assert torch.allclose(exact, scorecam(net, image, batch_size=4), atol=1e-5)
     assert not torch.equal(coarse, exact)  # the reduced resolution reached scorecam()
 
 
-def test_config_scorecam_uses_the_configured_stage() -> None:
+def test_scorecam_runner_uses_the_configured_stage() -> None:
     from napari_artseg.config import preset
     from napari_artseg.models.resnet import StageView
-    from napari_artseg.saliency import config_scorecam
+    from napari_artseg.saliency import scorecam_runner
     from napari_artseg.scorecam import scorecam
 
     torch.manual_seed(2)
@@ -245,6 +245,6 @@ def test_config_scorecam_uses_the_configured_stage() -> None:
     views = torch.randn(1, 1, 64, 64)
     config = preset("tiny", scorecam_stage=3, scorecam_max_channels=None)
     expected = scorecam(StageView(net, 3), views, max_channels=None)
-    assert torch.allclose(config_scorecam(net, views, config), expected)
-    assert not torch.allclose(config_scorecam(net, views, config.replace(scorecam_stage=4)),
+    assert torch.allclose(scorecam_runner(net, config)(views), expected)
+    assert not torch.allclose(scorecam_runner(net, config.replace(scorecam_stage=4))(views),
                               expected)

@@ -79,3 +79,16 @@ def test_a_map_function_is_used_as_it_is(tiny_model):
     assert model.inference_unet is model.unet
     result = model.predict(np.zeros((40, 40), np.float32), gate=False)
     np.testing.assert_allclose(result.probability, 0.25, atol=1e-5)
+
+
+def test_the_scorecam_runner_is_kept_per_classifier(tiny_model):
+    model = ArtSegModel.load(tiny_model, device="cpu")
+    image = np.random.default_rng(5).normal(1000, 50, (96, 96)).astype(np.float32)
+    first = model.saliency(image)
+    runner = model._scorecam[1]
+    np.testing.assert_array_equal(model.saliency(image), first)
+    assert model._scorecam[1] is runner  # a second image reuses the built networks
+    model.refresh_inference_copies()
+    assert model._scorecam is None
+    np.testing.assert_array_equal(model.saliency(image), first)
+    assert model._scorecam[1] is not runner

@@ -24,13 +24,18 @@ CPU = torch.device("cpu")
 def counted(monkeypatch):
     """Count the Score-CAM computations of the pseudo-label stage (the real function runs)."""
     calls = []
-    real = pseudo_labels.config_scorecam
+    real = pseudo_labels.scorecam_runner
 
-    def counting(classifier, views, config):
-        calls.append(len(views))
-        return real(classifier, views, config)
+    def counting(classifier, config):
+        runner = real(classifier, config)
 
-    monkeypatch.setattr(pseudo_labels, "config_scorecam", counting)
+        def run(views):
+            calls.append(len(views))
+            return runner(views)
+
+        return run
+
+    monkeypatch.setattr(pseudo_labels, "scorecam_runner", counting)
     return calls
 
 
@@ -193,3 +198,22 @@ def test_the_config_switch_turns_the_cache_off(tiny_dataset, tmp_path, counted, 
                                   config))
     assert counted and not (project / "cache").exists()
     assert json.loads((folder / "config.json").read_text())["config"]["pseudo_label_cache"] is False
+
+
+def test_one_scorecam_runner_per_stage_and_none_when_all_cached(images, tmp_path, monkeypatch):
+    config = preset("tiny")
+    folder, items, classifier = _setup(images, config)
+    built = []
+    real = pseudo_labels.scorecam_runner
+
+    def counting(classifier, config):
+        built.append(classifier)
+        return real(classifier, config)
+
+    monkeypatch.setattr(pseudo_labels, "scorecam_runner", counting)
+    _maps(classifier, items, config, SaliencyCache(tmp_path / "c", classifier, config, folder,
+                                                   CPU))
+    assert built == [classifier]  # four maps, one runner: its networks are built once
+    _maps(classifier, items, config, SaliencyCache(tmp_path / "c", classifier, config, folder,
+                                                   CPU))
+    assert built == [classifier]  # every map from the cache: nothing built

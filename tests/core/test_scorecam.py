@@ -420,3 +420,43 @@ def test_cuda_matches_cpu_and_bounds_the_batch() -> None:
     assert (approx.cpu() - ref).abs().mean() < 0.05  # bf16: close, not exact
     limit = cuda_batch_limit(scoring_network(gpu.eval()), (1, 64, 64), torch.device("cuda"))
     assert limit >= 1
+
+
+def test_runner_builds_its_networks_once_and_gives_scorecams_maps(monkeypatch) -> None:
+    from napari_artseg import scorecam_tuning
+    from napari_artseg.models.resnet import StageView
+    from napari_artseg.scorecam import ScoreCam
+
+    built = []
+    real = scorecam_tuning.fold_batch_norms
+
+    def counting(network):
+        built.append(network)
+        return real(network)
+
+    monkeypatch.setattr(scorecam_tuning, "fold_batch_norms", counting)
+    model = StageView(_model(18, stem_pool=False), 3)
+    images = _images(3, (48, 48))
+    runner = ScoreCam(model, batch_size=3, max_channels=6, score_scale=0.5)
+    maps = [runner(images[i : i + 1]) for i in range(3)]
+    assert len(built) == 2  # the features and the scoring network, once for three calls
+    for i, found in enumerate(maps):
+        expected = scorecam(model, images[i : i + 1], batch_size=3, max_channels=6,
+                            score_scale=0.5)
+        torch.testing.assert_close(found, expected, atol=0, rtol=0)
+        assert found.max() == 1.0
+
+
+def test_feature_network_folds_stage_views_and_keeps_the_reference_path() -> None:
+    from napari_artseg.models.resnet import StageView
+    from napari_artseg.scorecam_tuning import feature_network
+
+    model = StageView(_model(50, width=2), 3).eval()
+    images = _images(2, (64, 64))
+    fast = feature_network(model, True, True)
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in fast.modules())
+    assert any(isinstance(m, torch.nn.BatchNorm2d) for m in model.modules())
+    with torch.no_grad():
+        expected = model.features(images)
+        torch.testing.assert_close(fast(images), expected, atol=1e-4, rtol=1e-5)
+    assert feature_network(model, False, False) == model.features  # the reference's arithmetic

@@ -13,7 +13,6 @@ from ..config import ArtSegConfig
 from ..model_files import load_weights
 from ..normalize import resize
 from ..predictor import ArtSegModel, MapAsLogits
-from ..saliency import config_scorecam
 from ..training.classifier import build_classifier, train_classifier
 from ..training.data import check_label_counts, global_view, load_training_items, stratified_split
 from ..training.events import ProgressEvent
@@ -54,7 +53,7 @@ class ScoreCAMModel(ArtSegModel):
     def _compute_map(self, prepared: torch.Tensor, batch_size: int) -> torch.Tensor:
         config = self.config
         view = global_view(prepared.float().cpu(), config.input_size)[None].to(self.device)
-        cam = config_scorecam(self.classifier, view, config)
+        cam = self.scorecam_views(view)
         return resize(cam[:, None].float().cpu(), tuple(prepared.shape[-2:]))[0, 0]
 
     def _tile_map(self, tile: torch.Tensor) -> torch.Tensor:

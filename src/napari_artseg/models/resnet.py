@@ -305,7 +305,10 @@ class StageView(nn.Module):
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
         """Activations after stage ``stage`` (>= 0, after the stage's final ReLU)."""
-        return self.net.stages[: self.stage](self.net.stem(x))
+        x = self.net.stem(x)
+        for index in range(self.stage):  # indexed, not sliced: torch.fx can trace it
+            x = self.net.stages[index](x)
+        return x
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """The classifier's logits, shape (N,)."""

@@ -32,7 +32,7 @@ from skimage.filters import threshold_otsu
 from ..config import ArtSegConfig
 from ..models import ResNetClassifier
 from ..normalize import resize
-from ..saliency import config_scorecam
+from ..saliency import scorecam_runner
 from .data import TrainingItem, global_view
 from .ddp import gather_dict, split
 from .events import ProgressEvent
@@ -61,13 +61,15 @@ def saliency_maps(
     """
     maps: dict[int, torch.Tensor] = {}
     mine = split(indices)
+    runner = None  # built at the first map computed: none when the cache holds every map
     for done, index in enumerate(mine, start=1):
         key = items[index].key
         found = cache.load(key) if cache is not None else None
         hit = found is not None
         if not hit:
+            runner = runner or scorecam_runner(classifier, config)
             view = global_view(items[index].image, config.input_size)[None].to(device)
-            found = config_scorecam(classifier, view, config)[0].float().cpu()
+            found = runner(view)[0].float().cpu()
             if cache is not None:
                 cache.store(key, found)
         maps[index] = found
