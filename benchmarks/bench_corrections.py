@@ -15,8 +15,10 @@ Per seed:
    when no image was relabelled, the weak model's classifier is kept (``classifier_epochs=0``)
    and its Score-CAM maps come from a cache in the work folder (``ARTSEG_CACHE_DIR``);
 4. active selection against random order: the k = 5, 10, 20 images to correct (strokes) are
-   the most uncertain predicted masks (Score-CAM/U-Net disagreement + entropy + classifier
-   uncertainty, napari_artseg.active_selection) or a random draw; test IoU after retraining.
+   the predicted masks with the most expected wrong pixels (napari_artseg.active_selection,
+   the order Shift+V follows; before 2026-12-06 the most uncertain ones: Score-CAM/U-Net
+   disagreement + mean entropy + classifier uncertainty) or a random draw; test IoU after
+   retraining.
 
 Test pixel IoU (micro, over the whole test set) is reported with mean and spread over seeds,
 and the share of the weak-to-supervised gap that 10 corrections recover (target: >= 0.5).
@@ -57,7 +59,7 @@ import torch
 from scipy import ndimage
 
 from bench_common import drain
-from napari_artseg.active_selection import mask_uncertainty, rank
+from napari_artseg.active_selection import expected_errors, rank
 from napari_artseg.atomic import atomic_write_text
 from napari_artseg.config import preset
 from napari_artseg.image_files import read_image, read_mask, write_tiff
@@ -114,17 +116,15 @@ def stroke_correction(pred: np.ndarray, truth: np.ndarray, strokes: int) -> np.n
     return corrected
 
 
-def predictions(model_folder: Path, train_set: Path, images: list[str],
-                saliency: bool) -> dict[str, tuple[np.ndarray, float]]:
-    """Predicted mask and uncertainty of each training artifact image."""
+def predictions(model_folder: Path, train_set: Path,
+                images: list[str]) -> dict[str, tuple[np.ndarray, float]]:
+    """Predicted mask of each training artifact image and its active-selection score
+    (expected wrong pixels, as Shift+V ranks masks)."""
     model = ArtSegModel.load(model_folder, device="auto")
-    gate = float(model.thresholds.get("gate", 0.5))
     out = {}
     for name in images:
-        data = read_image(train_set / "images" / name).data
-        result = model.predict(data, keep_ungated=True)
-        cam = model.saliency(data) if saliency else None
-        out[name] = (result.mask, mask_uncertainty(result.ungated, cam, result.score, gate))
+        result = model.predict(read_image(train_set / "images" / name).data, keep_ungated=True)
+        out[name] = (result.mask, expected_errors(result.ungated, result.mask))
     return out
 
 
@@ -173,7 +173,7 @@ def run_seed(seed: int, args, train_set: Path, test: Path, work: Path) -> dict[s
     upper = train(train_set / "images", labels, work / "supervised", config,
                   masks=train_set / "masks")
     row = {"weak": test_iou(weak, test), "supervised": test_iou(upper, test)}
-    preds = LazyPredictions(weak, train_set, artifacts, True)
+    preds = LazyPredictions(weak, train_set, artifacts)
     rng = np.random.default_rng(1000 + seed)
     random_order = [artifacts[i] for i in rng.permutation(len(artifacts))]
     for k in args.budgets:
@@ -181,7 +181,7 @@ def run_seed(seed: int, args, train_set: Path, test: Path, work: Path) -> dict[s
             folder = corrected_model(f"{args.tag}{corrector}-{k}", random_order[:k], corrector,
                                      preds, train_set, labels, weak, work, config, args.strokes)
             row[f"{corrector}_{k}"] = test_iou(folder, test)
-    active_order = (rank({image: uncertainty for image, (_, uncertainty) in preds.get().items()})
+    active_order = (rank({image: score for image, (_, score) in preds.get().items()})
                     if args.active_k else [])
     for k in args.active_k:
         for order_name, order in (("active", active_order), ("random", random_order)):

@@ -1,15 +1,18 @@
-"""Which image to look at next: the ones the model is least sure about (active selection).
+"""Which image to look at next (active selection).
 
 - Unlabelled images are ordered by the classifier's uncertainty,
   ``1 - |2 p - 1|`` for its P(artifact) ``p`` (1 at p = 0.5, 0 at p = 0 or 1).
-- Predicted masks are ordered by how much a correction would teach the U-Net:
-  the disagreement between the Score-CAM map and the U-Net's probability map
-  (``1 - soft Dice`` of the two maps), plus the mean binary entropy of the
-  probability map (how many pixels sit near 0.5), plus the classifier's
-  uncertainty (a gate near its threshold). Each term lies in [0, 1].
+- Predicted masks are ordered by how many pixels a correction would fix: the
+  expected number of wrong pixels of the mask shown, reading the U-Net's
+  un-gated probability map as calibrated (:func:`expected_errors`). Large,
+  unsure artifacts (and artifact images the gate dropped) come first; a faint
+  speck the model doubts counts only its few pixels.
 
-Whether this beats a random order is measured by
-``benchmarks/bench_corrections.py`` (docs/loop.md gives the result). GUI-free.
+An earlier rule ordered masks by mean uncertainty (Score-CAM/U-Net disagreement,
+mean entropy, classifier uncertainty); it chose masks whose correction fixed fewer
+pixels than a random choice did, and its retrains scored below random ones.
+``benchmarks/bench_corrections.py`` measures both against a random order
+(docs/loop.md gives the results). GUI-free.
 """
 
 from __future__ import annotations
@@ -25,8 +28,6 @@ from .errors import ArtSegError
 from .image_files import read_image
 from .training.events import ProgressEvent
 
-#: Weights of the mask-uncertainty terms: Score-CAM/U-Net disagreement, entropy, classifier.
-MASK_WEIGHTS = {"disagreement": 1.0, "entropy": 1.0, "classifier": 0.5}
 _EPS = 1e-6
 
 
@@ -46,55 +47,35 @@ def classifier_uncertainty(score: float, gate: float = 0.5) -> float:
     return float(1.0 - abs(distance))
 
 
-def mean_entropy(probability: np.ndarray) -> float:
-    """Mean binary entropy (bits) of a probability map, in [0, 1]."""
-    p = np.clip(np.asarray(probability, dtype=np.float64), _EPS, 1 - _EPS)
-    return float(np.mean(-(p * np.log2(p) + (1 - p) * np.log2(1 - p))))
+def expected_errors(probability: np.ndarray, mask: np.ndarray) -> float:
+    """Expected number of wrong pixels in ``mask``, reading ``probability`` as calibrated.
 
-
-def map_disagreement(probability: np.ndarray, saliency: np.ndarray) -> float:
-    """``1 - soft Dice`` between the U-Net map and the Score-CAM map (0 when both are empty)."""
-    p = np.asarray(probability, dtype=np.float64)
-    s = np.asarray(saliency, dtype=np.float64)
-    if p.shape != s.shape:
-        raise ValueError(f"map shapes differ: {p.shape} and {s.shape}")
-    total = p.sum() + s.sum()
-    if total < _EPS * p.size:
-        return 0.0
-    return float(1.0 - 2.0 * (p * s).sum() / total)
-
-
-def mask_uncertainty(probability: np.ndarray, saliency: np.ndarray | None = None,
-                     score: float | None = None, gate: float = 0.5,
-                     weights: Mapping[str, float] | None = None) -> float:
-    """How uncertain a predicted mask is (higher: more worth correcting).
+    A pixel inside the mask is wrong with probability ``1 - p``, one outside it
+    with probability ``p``: the sum is how many pixels a person correcting the
+    mask should expect to change.
 
     Parameters
     ----------
     probability : numpy.ndarray
-        The U-Net's (un-gated) probability map.
-    saliency : numpy.ndarray, optional
-        The Score-CAM map (same shape); without it the disagreement term is left out.
-    score : float, optional
-        The classifier's P(artifact); without it the classifier term is left out.
-    gate : float
-        The model's gate threshold.
-    weights : mapping, optional
-        Term weights (default :data:`MASK_WEIGHTS`).
+        The U-Net's un-gated probability map, values in [0, 1].
+    mask : numpy.ndarray
+        The mask shown (same shape; gated, thresholded), boolean or 0/1.
 
     Returns
     -------
     float
-        The weighted mean of the available terms, in [0, 1].
+        Expected wrong pixels, >= 0.
+
+    Raises
+    ------
+    ValueError
+        When the shapes differ.
     """
-    weights = dict(weights or MASK_WEIGHTS)
-    terms = {"entropy": mean_entropy(probability)}
-    if saliency is not None:
-        terms["disagreement"] = map_disagreement(probability, saliency)
-    if score is not None:
-        terms["classifier"] = classifier_uncertainty(score, gate)
-    total = sum(weights[k] for k in terms)
-    return float(sum(weights[k] * v for k, v in terms.items()) / total) if total else 0.0
+    p = np.clip(np.asarray(probability, dtype=np.float64), 0.0, 1.0)
+    inside = np.asarray(mask).astype(bool)
+    if p.shape != inside.shape:
+        raise ValueError(f"map and mask shapes differ: {p.shape} and {inside.shape}")
+    return float(np.where(inside, 1.0 - p, p).sum())
 
 
 def rank(scores: Mapping[str, float]) -> list[str]:
@@ -141,11 +122,14 @@ def score_unlabelled(
 
 
 def score_predictions(
-    predictions_dir: str | os.PathLike, model_id: str, images: Sequence[str], gate: float = 0.5,
+    predictions_dir: str | os.PathLike, model_id: str, images: Sequence[str],
 ) -> Generator[ProgressEvent, None, dict[str, float]]:
-    """Mask uncertainty of each image with a cached prediction of ``model_id``.
+    """Expected wrong pixels of each image's mask with a cached prediction of ``model_id``.
 
-    Images without a cached prediction are left out (predict them first).
+    The mask is the one at the model's settings (:meth:`CachedPrediction.mask`),
+    the map the un-gated one, so an artifact image the gate called clean counts
+    the U-Net's whole expected artifact area. Images without a cached prediction
+    are left out (predict them first).
     """
     from .prediction_cache import PredictionCache
 
@@ -154,6 +138,6 @@ def score_predictions(
     for index, image in enumerate(images, start=1):
         item = cache.load(image)
         if item is not None:
-            out[image] = mask_uncertainty(item.map(gated=False), item.saliency, item.score, gate)
+            out[image] = expected_errors(item.map(gated=False), item.mask())
         yield ProgressEvent("active_selection", index, len(images), message=image)
     return out

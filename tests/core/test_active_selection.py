@@ -1,4 +1,4 @@
-"""Active selection: uncertainty terms, ordering, and scoring of cached predictions."""
+"""Active selection: classifier uncertainty, expected mask errors, ordering, cached predictions."""
 
 from __future__ import annotations
 
@@ -8,9 +8,7 @@ from generator_helpers import drain
 
 from napari_artseg.active_selection import (
     classifier_uncertainty,
-    map_disagreement,
-    mask_uncertainty,
-    mean_entropy,
+    expected_errors,
     next_most_useful,
     rank,
     score_predictions,
@@ -26,17 +24,23 @@ def test_classifier_uncertainty_peaks_at_the_gate():
     assert classifier_uncertainty(0.6) > classifier_uncertainty(0.9)
 
 
-def test_map_terms():
+def test_expected_errors_count_the_pixels_a_correction_would_change():
     sure = np.zeros((8, 8))
     sure[:4] = 1.0
-    assert mean_entropy(sure) == pytest.approx(0.0, abs=1e-4)
-    assert mean_entropy(np.full((8, 8), 0.5)) == pytest.approx(1.0)
-    assert map_disagreement(sure, sure) == pytest.approx(0.0)
-    assert map_disagreement(sure, 1 - sure) == pytest.approx(1.0)
-    assert map_disagreement(np.zeros((4, 4)), np.zeros((4, 4))) == 0.0
-    confident = mask_uncertainty(sure, sure, score=0.99)
-    unsure = mask_uncertainty(np.full((8, 8), 0.5), 1 - sure, score=0.5)
-    assert 0 <= confident < unsure <= 1
+    assert expected_errors(sure, sure >= 0.5) == 0.0  # a sure map, its own mask: nothing to fix
+    assert expected_errors(sure, np.zeros((8, 8), bool)) == 32.0  # gated out: all 32 missed
+    half = np.full((8, 8), 0.5)
+    assert expected_errors(half, half >= 0.5) == pytest.approx(32.0)  # a coin per pixel
+    p = np.array([[0.9, 0.2], [0.6, 0.0]])
+    mask = np.array([[1, 0], [0, 0]], np.uint8)
+    assert expected_errors(p, mask) == pytest.approx(0.1 + 0.2 + 0.6)
+    # a large unsure artifact outranks a small one the model doubts just as much
+    big, small = np.zeros((32, 32)), np.zeros((32, 32))
+    big[:16] = 0.6
+    small[:2, :2] = 0.6
+    assert expected_errors(big, big >= 0.5) > 20 * expected_errors(small, small >= 0.5)
+    with pytest.raises(ValueError, match="shapes differ"):
+        expected_errors(sure, np.zeros((4, 4)))
 
 
 def test_rank_and_next():
@@ -59,8 +63,15 @@ def test_score_predictions_reads_the_cache(tmp_path):
     cache = PredictionCache(tmp_path, "m1")
     flat = np.full((16, 16), 0.5, np.float32)
     sure = np.zeros((16, 16), np.float32)
-    for name, prob, score in (("a.tif", sure, 0.01), ("b.tif", flat, 0.5)):
-        item = CachedPrediction(name, prob, None, prob.copy(), score, score >= 0.5, 0.5, 0, "m1")
+    blob = np.zeros((16, 16), np.float32)
+    blob[:8] = 0.8  # the U-Net is fairly sure of an artifact the gate dropped
+    for name, prob, ungated, score in (("a.tif", sure, None, 0.01), ("b.tif", flat, None, 0.5),
+                                       ("d.tif", sure, blob, 0.2)):
+        item = CachedPrediction(name, prob, ungated, prob.copy(), score, score >= 0.5, 0.5, 0,
+                                "m1")
         cache.save(item, prob >= 0.5)
-    scores = drain(score_predictions(tmp_path, "m1", ["a.tif", "b.tif", "c.tif"]))
-    assert rank(scores) == ["b.tif", "a.tif"]
+    scores = drain(score_predictions(tmp_path, "m1", ["a.tif", "b.tif", "c.tif", "d.tif"]))
+    assert rank(scores) == ["b.tif", "d.tif", "a.tif"]  # c.tif has no prediction
+    assert scores["a.tif"] == 0.0
+    assert scores["b.tif"] == pytest.approx(128.0)  # 256 pixels at 0.5
+    assert scores["d.tif"] == pytest.approx(0.8 * 128)  # the gated-out artifact counts

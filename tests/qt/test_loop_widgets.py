@@ -90,7 +90,7 @@ def test_mask_key_evaluate_plot_click_and_export(artseg_with_model, qtbot, tiny_
     widget.setCurrentWidget(predict)
     click(qtbot, predict.predict_all_button)
     qtbot.waitUntil(lambda: predict.worker is None, timeout=RUN_TIMEOUT_MS)
-    # Shift+V: the uncurated prediction the model is least sure about
+    # Shift+V: the uncurated prediction with the most expected wrong pixels
     press(qtbot, viewer, Qt.Key.Key_V, Qt.KeyboardModifier.ShiftModifier)
     qtbot.waitUntil(lambda: bool(predict.selector.scores) and predict.selector.worker is None,
                     timeout=TIMEOUT_MS)

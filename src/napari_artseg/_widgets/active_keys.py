@@ -1,10 +1,10 @@
-"""The "next most useful" keys: pick the image the model is least sure about, in a worker.
+"""The "next most useful" keys: pick the image most worth a look, in a worker.
 
 :class:`ActiveSelector` scores candidate images once per model (classifier
-uncertainty for unlabelled images; Score-CAM/U-Net disagreement and map entropy
-for predicted masks, see :mod:`napari_artseg.active_selection`), keeps the
-scores, and emits :attr:`ActiveSelector.picked` with the most uncertain
-candidate. Scoring runs in a napari worker, so a keypress never blocks napari.
+uncertainty for unlabelled images; for predicted masks the expected number of
+wrong pixels, see :mod:`napari_artseg.active_selection`), keeps the scores, and
+emits :attr:`ActiveSelector.picked` with the best-scored candidate. Scoring runs
+in a napari worker, so a keypress never blocks napari.
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ class ActiveSelector(QObject):
     ----------
     mode : str
         ``label`` (unlabelled images, classifier uncertainty) or ``correct``
-        (cached predictions, mask uncertainty).
+        (cached predictions, expected wrong pixels of their masks).
     """
 
     #: The chosen image (relative path).
@@ -45,9 +45,9 @@ class ActiveSelector(QObject):
         self._models = LoadedModel()
 
     def pick(self, project: Any, candidates: list[str]) -> None:
-        """Emit the most uncertain of ``candidates`` (scoring the unscored ones first)."""
+        """Emit the best-scored of ``candidates`` (scoring the unscored ones first)."""
         if self.worker is not None:
-            self.message.emit("Still ranking the images by uncertainty …")
+            self.message.emit("Still ranking the images …")
             return
         folder = current_model_folder(project) if project is not None else None
         if folder is None:
@@ -84,11 +84,11 @@ class ActiveSelector(QObject):
             self._models.select(folder)
             generator = score_unlabelled(self._models.get, project.image_folder, missing)
         else:
-            gate = json.loads((folder / "config.json").read_text("utf-8"))
-            gate = float(gate.get("thresholds", {}).get("gate", 0.5))
-            generator = score_predictions(project.predictions_dir, self.model_id, missing, gate)
+            generator = score_predictions(project.predictions_dir, self.model_id, missing)
         self.tried.update(missing)
-        self.message.emit(f"Ranking {len(missing)} image(s) by how unsure the model is …")
+        self.message.emit(f"Ranking {len(missing)} image(s) by "
+                          + ("how unsure the model is …" if self.mode == "label"
+                             else "how many pixels a correction would fix …"))
         self.worker = create_worker(_drive, generator, _start_thread=False, _ignore_errors=True)
         self.worker.returned.connect(self._on_scored)
         self.worker.errored.connect(self._on_errored)
@@ -106,7 +106,10 @@ class ActiveSelector(QObject):
             self.message.emit("No scored image: predict the images first (Predict all images)."
                               if self.mode == "correct" else "No image could be scored.")
             return
-        self.message.emit(f"Next most useful: {image} (uncertainty {self.scores[image]:.3f})")
+        score = self.scores[image]
+        self.message.emit(f"Next most useful: {image} (" + (
+            f"uncertainty {score:.3f})" if self.mode == "label"
+            else f"about {score:.0f} wrong pixels expected)"))
         self.picked.emit(image)
 
     def _on_errored(self, exc: BaseException) -> None:
