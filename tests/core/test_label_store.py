@@ -134,21 +134,18 @@ def test_deleted_file_is_written_again_from_memory(tmp_path):
     assert on_disk(store) == {"a.tif": "clean", "b.tif": "artifact"}
 
 
-def test_ten_thousand_images_keypress_cost(tmp_path):
+def test_ten_thousand_images_every_keypress_on_disk(tmp_path):
+    # how long a keypress takes at this size is measured by benchmarks/bench_labelling.py
     images = [f"plate{i // 100:03d}/image_{i:05d}.tif" for i in range(10_000)]
     path = tmp_path / "labels.csv"
     path.write_text(
         "image,label\n" + "".join(f"{name},clean\n" for name in images[:9_990]), encoding="utf-8"
     )
     store = LabelStore(path, images)
-    times = []
-    for name in images[9_990:]:
-        start = time.perf_counter()
+    for count, name in enumerate(images[9_990:], start=9_991):
         store.set(name, "artifact")
-        times.append(time.perf_counter() - start)
-    assert len(on_disk(store)) == 10_000
+        assert len(on_disk(store)) == count  # on disk before the next key
     assert store.counts()["unlabelled"] == 0
-    assert sorted(times)[len(times) // 2] < 0.05  # about 1 ms measured; generous for CI
 
 
 def test_core_imports_no_gui():
