@@ -182,13 +182,13 @@ def run_seed(seed: int, args, train_set: Path, test: Path, work: Path) -> dict[s
                                      preds, train_set, labels, weak, work, config, args.strokes)
             row[f"{corrector}_{k}"] = test_iou(folder, test)
     active_order = (rank({image: score for image, (_, score) in preds.get().items()})
-                    if args.active_k else [])
+                    if args.active_k and "active" in args.orders else [])
     for k in args.active_k:
-        for order_name, order in (("active", active_order), ("random", random_order)):
-            if order_name == "random" and f"strokes_{k}" in row:  # the same images, same strokes
-                row[f"random_{k}"] = row[f"strokes_{k}"]
-                continue
-            folder = corrected_model(f"{args.tag}{order_name}-{k}", order[:k], "strokes", preds,
+        for order_name in args.orders:
+            # k random images with strokes is the strokes arm of budget k: one folder for both
+            name, order = ((f"strokes-{k}", random_order) if order_name == "random"
+                           else (f"active-{k}", active_order))
+            folder = corrected_model(f"{args.tag}{name}", order[:k], "strokes", preds,
                                      train_set, labels, weak, work, config, args.strokes)
             row[f"{order_name}_{k}"] = test_iou(folder, test)
     return row
@@ -196,13 +196,13 @@ def run_seed(seed: int, args, train_set: Path, test: Path, work: Path) -> dict[s
 
 def summarise(rows: list[dict[str, float]], budgets: list[int]) -> dict[str, object]:
     """Mean and standard deviation per arm, and the gap recovered by the smallest budget."""
-    keys = rows[0].keys()
-    stats = {k: (float(np.mean([r[k] for r in rows])), float(np.std([r[k] for r in rows])))
-             for k in keys}
-    k = min(budgets)
+    keys = list(dict.fromkeys(k for r in rows for k in r))  # every arm, in order of appearance
+    stats = {k: (float(np.mean([r[k] for r in rows if k in r])),
+                 float(np.std([r[k] for r in rows if k in r]))) for k in keys}
     gaps = {}
     mean_gap = stats["supervised"][0] - stats["weak"][0]
-    for corrector in [c for c in CORRECTORS if f"{c}_{k}" in rows[0]]:
+    k = min(budgets, default=None)
+    for corrector in [c for c in CORRECTORS if k and all(f"{c}_{k}" in r for r in rows)]:
         # per seed, only where the gap is at least MIN_GAP (a vanishing gap makes any ratio
         # meaningless), and the share of the mean gap over all seeds
         shares = [(r[f"{corrector}_{k}"] - r["weak"]) / (r["supervised"] - r["weak"])
@@ -211,14 +211,17 @@ def summarise(rows: list[dict[str, float]], budgets: list[int]) -> dict[str, obj
         gaps[f"mean_gap_recovered_{corrector}_{k}"] = (
             (stats[f"{corrector}_{k}"][0] - stats["weak"][0]) / mean_gap
             if mean_gap >= MIN_GAP else None)
-    return {"per_arm": stats, **gaps}
+    counts = {key: sum(key in r for r in rows) for key in keys}
+    return {"per_arm": stats, "seeds_per_arm": counts, **gaps}
 
 
 def markdown(summary: dict, rows: list[dict[str, float]]) -> str:
     """The result as a Markdown table."""
     lines = ["| arm | test pixel IoU (mean +- sd) |", "|---|---|"]
     for name, (mean, sd) in summary["per_arm"].items():
-        lines.append(f"| {name} | {mean:.3f} +- {sd:.3f} |")
+        count = summary["seeds_per_arm"][name]
+        lines.append(f"| {name} | {mean:.3f} +- {sd:.3f}"
+                     + (f" ({count} of {len(rows)} seeds)" if count < len(rows) else "") + " |")
     for key, value in summary.items():
         if "gap_recovered" in key:
             lines.append(f"\n{key}: {'n/a' if value is None else f'{value:.2f}'}")
@@ -235,10 +238,14 @@ def main() -> None:
     parser.add_argument("--n-test", type=int, default=80)
     parser.add_argument("--size", type=int, default=256)
     parser.add_argument("--preset", default="fast")
-    parser.add_argument("--budgets", type=int, nargs="+", default=[10, 30])
+    parser.add_argument("--budgets", type=int, nargs="*", default=[10, 30],
+                        help="corrections per arm, random images (none: only --active-k)")
     parser.add_argument("--active-k", type=int, nargs="*", default=[5, 10, 20],
                         help="active-selection budgets (none: skip the comparison)")
     parser.add_argument("--correctors", nargs="+", choices=CORRECTORS, default=list(CORRECTORS))
+    parser.add_argument("--orders", nargs="+", choices=("active", "random"),
+                        default=["active", "random"],
+                        help="the orders --active-k compares (random k = the strokes arm of k)")
     parser.add_argument("--strokes", type=int, default=5, help="brush strokes per image")
     parser.add_argument("--work", default="benchmarks/results/corrections-work")
     parser.add_argument("--json", default="benchmarks/results/corrections.json")
@@ -285,13 +292,18 @@ def save(run_args: dict, rows: list[dict[str, float]], budgets: list[int], secon
 
 
 def merge(files: list[str], out: str) -> None:
-    """Summarise the rows of several earlier runs (e.g. one process per seed) together."""
+    """Summarise the rows of several earlier runs together (e.g. one process per seed, or per
+    seed and arm: the arms of one seed are joined into one row)."""
     runs = [json.loads(Path(name).read_text()) for name in files]
-    rows = [row for run in runs for row in run["rows"]]
-    seeds = [seed for run in runs for seed in run["args"]["seeds"]]
-    run_args = {**runs[0]["args"], "seeds": seeds, "merged_from": files}
-    save(run_args, rows, runs[0]["args"]["budgets"], sum(run["seconds"] for run in runs),
-         Path(out))
+    by_seed: dict[int, dict[str, float]] = {}
+    for run in runs:
+        for seed, row in zip(run["args"]["seeds"], run["rows"], strict=True):
+            by_seed.setdefault(seed, {}).update(row)
+    seeds = sorted(by_seed)
+    budgets = sorted({k for run in runs for k in run["args"]["budgets"]})
+    run_args = {**runs[0]["args"], "seeds": seeds, "budgets": budgets, "merged_from": files}
+    save(run_args, [by_seed[seed] for seed in seeds], budgets,
+         sum(run["seconds"] for run in runs), Path(out))
 
 
 if __name__ == "__main__":
