@@ -71,7 +71,9 @@ class ArtSegConfig:
     val_fraction: float = 0.2
     augment: bool = True
     balance_classes: bool = True
-    dice_weight: float = 0.0
+    # Weight of a soft-Dice term beside the pixel BCE of the U-Net (docs/accuracy.md: 1.0
+    # kept one of three fresh runs from collapsing to small masks in self-training).
+    dice_weight: float = 1.0
     curated_weight: float = 1.0
     # Share of the artifact crops drawn from curated masks when some artifact images have
     # one and others pseudo-labels (0: each image as often as any other; docs/loop.md).
@@ -342,6 +344,7 @@ PRESETS: dict[str, dict[str, Any]] = {
         "self_training_rounds": 0,
         "mask_threshold": 0.001,
         "min_size_px": 1000,
+        "dice_weight": 0.0,
     },
     # For unit tests and smoke runs only: tiny networks, very few epochs.
     "tiny": {
@@ -358,6 +361,7 @@ PRESETS: dict[str, dict[str, Any]] = {
         "unet_epochs": 2,
         "batch_size": 4,
         "scorecam_batch_size": 16,
+        "dice_weight": 0.0,
     },
 }
 
