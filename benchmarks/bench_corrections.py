@@ -18,7 +18,9 @@ Per seed:
    the predicted masks with the most expected wrong pixels (napari_artseg.active_selection,
    the order Shift+V follows; before 2026-12-06 the most uncertain ones: Score-CAM/U-Net
    disagreement + mean entropy + classifier uncertainty) or a random draw; test IoU after
-   retraining.
+   retraining, and beside it how many wrong pixels of the weak model's masks the k chosen
+   images' strokes fix (``fixed_px_<order>_<k>``: what a person's corrections change, before
+   any retraining).
 
 Test pixel IoU (micro, over the whole test set) is reported with mean and spread over seeds,
 and the share of the weak-to-supervised gap that 10 corrections recover (target: >= 0.5).
@@ -74,6 +76,8 @@ from napari_artseg.training.saliency_cache import CACHE_ENV
 #: Seeds whose supervised-minus-weak IoU gap is below this are left out of the per-seed shares.
 MIN_GAP = 0.01
 CORRECTORS = ("strokes", "truth")
+#: Prefix of the rows' pixel counts (wrong pixels the chosen images' strokes fix), not IoUs.
+FIXED = "fixed_px_"
 
 
 def make_set(folder: Path, n: int, size: int, seed: int) -> Path:
@@ -114,6 +118,17 @@ def stroke_correction(pred: np.ndarray, truth: np.ndarray, strokes: int) -> np.n
         region = errors == label
         corrected[region] = truth[region]
     return corrected
+
+
+def pixels_fixed(preds, train_set: Path, images: list[str], strokes: int) -> int:
+    """Wrong pixels of the predicted masks of ``images`` that ``strokes`` strokes each fix."""
+    total = 0
+    for image in images:
+        pred = preds[image][0].astype(bool)
+        truth = read_mask(train_set / "masks" / image).astype(bool)
+        wrong = int(np.count_nonzero(pred != truth))
+        total += wrong - int(np.count_nonzero(stroke_correction(pred, truth, strokes) != truth))
+    return total
 
 
 def predictions(model_folder: Path, train_set: Path,
@@ -191,6 +206,8 @@ def run_seed(seed: int, args, train_set: Path, test: Path, work: Path) -> dict[s
             folder = corrected_model(f"{args.tag}{name}", order[:k], "strokes", preds,
                                      train_set, labels, weak, work, config, args.strokes)
             row[f"{order_name}_{k}"] = test_iou(folder, test)
+            row[f"{FIXED}{order_name}_{k}"] = pixels_fixed(preds, train_set, order[:k],
+                                                           args.strokes)
     return row
 
 
@@ -218,10 +235,16 @@ def summarise(rows: list[dict[str, float]], budgets: list[int]) -> dict[str, obj
 def markdown(summary: dict, rows: list[dict[str, float]]) -> str:
     """The result as a Markdown table."""
     lines = ["| arm | test pixel IoU (mean +- sd) |", "|---|---|"]
+    fixed = ["", "| order and k | wrong pixels the strokes fix (mean +- sd) |", "|---|---|"]
     for name, (mean, sd) in summary["per_arm"].items():
         count = summary["seeds_per_arm"][name]
-        lines.append(f"| {name} | {mean:.3f} +- {sd:.3f}"
-                     + (f" ({count} of {len(rows)} seeds)" if count < len(rows) else "") + " |")
+        seeds = f" ({count} of {len(rows)} seeds)" if count < len(rows) else ""
+        if name.startswith(FIXED):
+            fixed.append(f"| {name[len(FIXED):]} | {mean:,.0f} +- {sd:,.0f}{seeds} |")
+        else:
+            lines.append(f"| {name} | {mean:.3f} +- {sd:.3f}{seeds} |")
+    if len(fixed) > 3:
+        lines.extend(fixed)
     for key, value in summary.items():
         if "gap_recovered" in key:
             lines.append(f"\n{key}: {'n/a' if value is None else f'{value:.2f}'}")

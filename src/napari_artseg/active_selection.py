@@ -79,7 +79,7 @@ def expected_errors(probability: np.ndarray, mask: np.ndarray) -> float:
 
 
 def rank(scores: Mapping[str, float]) -> list[str]:
-    """Images by uncertainty, highest first (ties: by name)."""
+    """Images by score (uncertainty or expected wrong pixels), highest first (ties: by name)."""
     return sorted(scores, key=lambda image: (-scores[image], image))
 
 

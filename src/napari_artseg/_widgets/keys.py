@@ -60,7 +60,7 @@ CORRECTION_KEYS: tuple[KeyAction, ...] = (
     KeyAction("accept_mask", "G", "Accept as curated",
               "Save the mask as this image's curated mask (masks/<image>.tif)"),
     KeyAction("next_most_useful_mask", "Shift+V", "Next most useful mask",
-              "The predicted mask (without a curated one) the model is least sure about"),
+              "The predicted mask (without a curated one) with the most expected wrong pixels"),
 )
 
 

@@ -127,7 +127,7 @@ class PredictWidget(QWidget):
         self.refresh_models()
 
     def next_most_useful_mask(self) -> None:
-        """Ask for the predicted mask (without a curated one) the model is least sure about."""
+        """Ask for the uncurated predicted mask with the most expected wrong pixels."""
         if self.project is None or self.curated is None:
             self.show_message("Open an image folder in the Label tab first.")
             return
