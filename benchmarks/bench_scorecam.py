@@ -11,12 +11,14 @@ target layer (the model's own with ``--model``), and the same views:
    networks at every call; one pass stream using every thread instead of one
    single-thread worker per thread; batch norms not folded; row-major instead of
    ``channels_last``), and the batch size that ``batch_size="auto"`` measures;
-3. approximations (top-N channels, reduced-resolution scoring, both) vs exact:
-   speed-up (target >= 8x) and pseudo-mask IoU against the true synthetic masks
-   (target within 0.02 of exact), pooled over the held-out artifact views with three
-   binarisation rules: as training does by default, every view cut at Otsu's
-   threshold of all their maps pooled; every view cut at 0.5; and the views the
-   classifier calls artifact each cut at its own deletion-test threshold.
+3. approximations (top-N channels, reduced-resolution scoring, bf16 masked passes
+   where the device has bf16 units, and combinations) vs exact: speed-up (target
+   >= 8x) and pseudo-mask IoU against the true synthetic masks (target within 0.02
+   of exact), pooled over the held-out artifact views with three binarisation
+   rules: as training does by default, every view cut at Otsu's threshold of all
+   their maps pooled; every view cut at 0.5; and the views the classifier calls
+   artifact each cut at its own deletion-test threshold. For the first rule, a 95 %
+   bootstrap interval of the difference to exact (views resampled in pairs).
 
 All ratios come from one run; timings are interleaved (every mode once per round)
 and the fastest round is kept, because the machine may be shared.
@@ -44,7 +46,7 @@ import torch
 from bench_common import drain, machine
 from napari_artseg.atomic import atomic_write_text
 from napari_artseg.config import preset
-from napari_artseg.device import resolve_device
+from napari_artseg.device import native_bf16_cpu, resolve_device
 from napari_artseg.image_files import read_mask
 from napari_artseg.labels_file import read_labels_csv
 from napari_artseg.models.resnet import cam_target
@@ -60,6 +62,12 @@ from napari_artseg.training.pseudo_labels import (
     deletion_threshold,
     otsu_pseudo_threshold,
 )
+
+#: (bf16 passes, top-N channels, scoring scale) of every approximate mode measured.
+APPROXIMATIONS = ((False, 16, 1.0), (False, 8, 1.0), (False, None, 0.5),
+                  (False, None, 0.25), (False, None, 0.125), (False, 16, 0.5),
+                  (False, 16, 0.25), (False, 8, 0.25), (False, 8, 0.125), (True, None, 1.0),
+                  (True, 16, 1.0), (True, 8, 1.0), (True, None, 0.5), (True, 8, 0.125))
 
 
 def make_set(folder: Path, n: int, size: int, seed: int) -> Path:
@@ -145,6 +153,24 @@ def pooled_iou(pairs) -> float:
     return inter / union if union else float("nan")
 
 
+def per_view_counts(pairs) -> torch.Tensor:
+    """(intersection, union) pixel counts of every (prediction, truth) pair, shape (n, 2)."""
+    return torch.tensor([[int((pred & truth).sum()), int((pred | truth).sum())]
+                         for pred, truth in pairs], dtype=torch.float64)
+
+
+def difference_interval(counts: torch.Tensor, base: torch.Tensor, rounds: int = 2000,
+                        seed: int = 0) -> tuple[float, float]:
+    """95 % bootstrap interval of pooled IoU(counts) - pooled IoU(base), views resampled
+    in pairs (the same views for both: the spread of the views themselves cancels)."""
+    gen = torch.Generator().manual_seed(seed)
+    picks = torch.randint(0, counts.shape[0], (rounds, counts.shape[0]), generator=gen)
+    mine, theirs = counts[picks].sum(1), base[picks].sum(1)
+    diffs = mine[:, 0] / mine[:, 1] - theirs[:, 0] / theirs[:, 1]
+    low, high = torch.quantile(diffs, torch.tensor([0.025, 0.975], dtype=torch.float64))
+    return float(low), float(high)
+
+
 def pseudo_ious(classifier, data, maps, device) -> dict[str, float]:
     """Pseudo-mask IoU against the true masks, with three binarisation rules.
 
@@ -165,6 +191,7 @@ def pseudo_ious(classifier, data, maps, device) -> dict[str, float]:
             cut = deletion_threshold(classifier, view, cam, device)
             own.append((cam >= (FALLBACK_THRESHOLD if cut is None else cut), truth))
     return {"otsu": pooled_iou(pooled), "otsu_threshold": otsu,
+            "otsu_counts": per_view_counts(pooled),
             "fixed_0.5": pooled_iou(fixed), "deletion_test": pooled_iou(own),
             "n_called_artifact": len(own)}
 
@@ -175,7 +202,8 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="fewer images and epochs")
     parser.add_argument("--model", help="a model folder whose classifier to use (no training)")
     parser.add_argument("--n-train", type=int, default=200)
-    parser.add_argument("--n-test", type=int, default=60)
+    parser.add_argument("--n-test", type=int, default=300,
+                        help="held-out images (half are artifact views scored for IoU)")
     parser.add_argument("--size", type=int, default=512, help="synthetic image side (px)")
     parser.add_argument("--epochs", type=int, default=40, help="classifier epochs")
     parser.add_argument("--speed-images", type=int, default=4)
@@ -253,26 +281,35 @@ def main() -> None:
 
     # 2. approximations vs exact: speed and pseudo-mask IoU
     approx = {"exact, batch auto": exact["exact, batch auto"]}
-    for n_top, scale in ((32, 1.0), (16, 1.0), (8, 1.0), (None, 0.5), (None, 0.25),
-                         (None, 0.125), (32, 0.5), (16, 0.5), (16, 0.25), (8, 0.25),
-                         (8, 0.125)):
-        name = " + ".join(([f"top-{n_top} channels"] if n_top else [])
+    bf16 = device.type == "cuda" or native_bf16_cpu()
+    for amp, n_top, scale in APPROXIMATIONS:
+        if amp and not bf16:
+            continue
+        name = " + ".join((["bf16 passes"] if amp else [])
+                          + ([f"top-{n_top} channels"] if n_top else [])
                           + ([f"score at {scale:g}x"] if scale < 1 else []))
         approx[name] = ScoreCam(classifier, batch_size="auto", max_channels=n_top,
-                                score_scale=scale, weighting=weighting)
+                                score_scale=scale, weighting=weighting, amp=amp)
+    if not bf16:
+        print("bf16 modes skipped: this CPU has no bf16 units (emulated bf16 is slower)",
+              flush=True)
     for fn in approx.values():  # each mode's networks and auto batch size before timing
         fn(speed_views[0][None])
     print("approximate modes (s/image):", flush=True)
     approx_speed, _ = interleaved(approx, speed_views, args.rounds)
     rows = []
     exact_all: list[torch.Tensor] = []
+    exact_counts = None
     for name, fn in approx.items():
         _, maps = timed(fn, views)
         maps = [m.cpu() for m in maps]
         exact_all = exact_all or maps
         diff = torch.stack([(a - b).abs() for a, b in zip(maps, exact_all, strict=True)])
         ious = pseudo_ious(classifier, data, maps, device)
+        exact_counts = ious["otsu_counts"] if exact_counts is None else exact_counts
+        low, high = difference_interval(ious["otsu_counts"], exact_counts)
         rows.append({"mode": name, "s_per_image": approx_speed[name],
+                     "iou_otsu_minus_exact_95ci": [low, high],
                      "max_abs_diff_vs_exact": float(diff.max()),
                      "mean_abs_diff_vs_exact": float(diff.mean()),
                      "speedup_vs_exact": approx_speed["exact, batch auto"] / approx_speed[name],
@@ -311,12 +348,15 @@ def print_tables(report: dict) -> None:
         print(f"| {row['mode']} | {row['s_per_image']:.3f} | {row['speedup_vs_reference']:.2f}x "
               f"| {row['max_abs_diff_vs_reference']:.1e} |")
     print("\n| mode | s/image | speed-up vs exact | map diff max / mean | IoU, pooled Otsu | "
-          "minus exact | IoU, cut 0.5 | minus exact | IoU, deletion test | minus exact |")
-    print("|---" * 10 + "|")
+          "minus exact | 95 % interval | IoU, cut 0.5 | minus exact | IoU, deletion test | "
+          "minus exact |")
+    print("|---" * 11 + "|")
     for row in report["approximate_modes"]:
+        low, high = row["iou_otsu_minus_exact_95ci"]
         print(f"| {row['mode']} | {row['s_per_image']:.3f} | {row['speedup_vs_exact']:.1f}x | "
               f"{row['max_abs_diff_vs_exact']:.3f} / {row['mean_abs_diff_vs_exact']:.4f} | "
               f"{row['iou_otsu']:.3f} | {row['iou_otsu_minus_exact']:+.3f} | "
+              f"{low:+.3f} to {high:+.3f} | "
               f"{row['iou_fixed_0.5']:.3f} | {row['iou_fixed_0.5_minus_exact']:+.3f} | "
               f"{row['iou_deletion_test']:.3f} | {row['iou_deletion_test_minus_exact']:+.3f} |")
 

@@ -87,6 +87,9 @@ class ArtSegConfig:
     scorecam_max_channels: int | None = 32
     scorecam_stage: int = 3
     scorecam_score_scale: float = 1.0
+    # Masked passes in bf16 on CUDA and on CPUs with bf16 units (an approximation;
+    # docs/performance.md); fp32 elsewhere.
+    scorecam_amp: bool = False
     pseudo_label_rule: str = "otsu"
     pseudo_label_per_image: bool = False
     self_training_rounds: int = 1

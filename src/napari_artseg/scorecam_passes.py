@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .device import autocast
+from .device import passes_autocast
 from .scorecam import EPS, upsample_to
 
 T = TypeVar("T")
@@ -159,7 +159,8 @@ class MaskedPasses:
     like : torch.Tensor
         Gives the buffers' dtype and device.
     amp, channels_last : bool
-        bf16 autocast on CUDA; ``channels_last`` buffers.
+        bf16 autocast (on CUDA and on CPUs with bf16 units,
+        :func:`~napari_artseg.device.passes_autocast`); ``channels_last`` buffers.
     workers : CpuWorkers, optional
         Threads that share each image's passes (default: the calling thread).
     """
@@ -179,7 +180,7 @@ class MaskedPasses:
         self._zero: torch.Tensor | None = None
 
     def _forward(self, batch: torch.Tensor) -> torch.Tensor:
-        with autocast(self.device, self.amp):
+        with passes_autocast(self.device, self.amp):
             return self.network(batch).double().reshape(-1)
 
     def zero_logit(self) -> torch.Tensor:

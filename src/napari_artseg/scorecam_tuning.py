@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING
 import torch
 from torch import nn
 
-from .device import autocast
+from .device import passes_autocast
 
 if TYPE_CHECKING:
     from .scorecam_passes import CpuWorkers
@@ -181,7 +181,7 @@ def time_batch_size(network: nn.Module, sample_shape: tuple[int, ...], batch: in
     """
     x = _sample(sample_shape, batch, device, channels_last)
     calls = max(1, math.ceil(min_samples / batch))
-    with torch.inference_mode(), autocast(device, amp):
+    with torch.inference_mode(), passes_autocast(device, amp):
         network(x)
         _synchronize(device)
         start = time.perf_counter()
@@ -206,7 +206,7 @@ def cuda_batch_limit(network: nn.Module, sample_shape: tuple[int, ...], device: 
         _synchronize(device)
         torch.cuda.reset_peak_memory_stats(device)
         base = torch.cuda.memory_allocated(device)
-        with torch.inference_mode(), autocast(device, amp):
+        with torch.inference_mode(), passes_autocast(device, amp):
             network(_sample(sample_shape, 1, device, False))
         _synchronize(device)
         per_input = max(1, torch.cuda.max_memory_allocated(device) - base)

@@ -7,6 +7,7 @@ import json
 import pytest
 import torch
 
+from napari_artseg.errors import ArtSegError
 from napari_artseg.models import ResNetClassifier, UNet
 
 
@@ -232,6 +233,11 @@ def test_scorecam_runner_passes_score_scale_and_auto_batch_size() -> None:
     exact = scorecam_runner(net, config.replace(scorecam_score_scale=1.0))(image)
     assert torch.allclose(exact, scorecam(net, image, batch_size=4), atol=1e-5)
     assert not torch.equal(coarse, exact)  # the reduced resolution reached scorecam()
+    assert scorecam_runner(net, config).amp is False  # exact unless asked for
+    rounded = ArtSegConfig.from_dict({**config.to_dict(), "scorecam_amp": True})
+    assert scorecam_runner(net, rounded).amp is True
+    with pytest.raises(ArtSegError, match="scorecam_amp must be true or false"):
+        ArtSegConfig.from_dict({**config.to_dict(), "scorecam_amp": "yes"})
 
 
 def test_scorecam_runner_uses_the_configured_stage() -> None:

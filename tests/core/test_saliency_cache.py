@@ -107,6 +107,10 @@ def test_a_changed_classifier_or_setting_misses(images, tmp_path, counted):
     cache = SaliencyCache(tmp_path / "c", classifier, batched, folder, CPU)
     _maps(classifier, items, batched, cache)
     assert len(counted) == 16 and cache.hits == 4
+    rounded = batched.replace(scorecam_amp=True)  # bf16 passes: an approximation too
+    cache = SaliencyCache(tmp_path / "c", classifier, rounded, folder, CPU)
+    _maps(classifier, items, rounded, cache)
+    assert len(counted) == 20 and cache.hits == 0
 
 
 def test_images_are_known_by_content(images, tmp_path, counted):

@@ -293,19 +293,65 @@ def test_score_scale_with_top_channels_and_odd_sizes() -> None:
 # ----------------------------------------------------------------- speed options
 
 
-def test_speed_options_keep_the_exact_result() -> None:
+def test_speed_options_keep_the_exact_result(monkeypatch) -> None:
+    from napari_artseg import device
+
+    # amp: a no-op on a CPU without bf16 units (this one is made to say so)
+    monkeypatch.setattr(device, "native_bf16_cpu", lambda: False)
     model = _model(18, stem_pool=False, width=4)
     _force_channels(model, dead=[1, 7], constant={3: 0.4})
     images = _images(1, (48, 64))
     for weighting in ("softmax", "baseline"):
         ref = scorecam_reference(model, images, weighting=weighting)
-        for options in ({"channels_last": True}, {"amp": True},  # amp: no-op without CUDA
+        for options in ({"channels_last": True}, {"amp": True},
                         {"channels_last": True, "fold_batch_norm": False, "batch_size": 4}):
             fast = scorecam(model, images, weighting=weighting, **options)
             torch.testing.assert_close(fast, ref, atol=ATOL, rtol=0)
     # the caller's model is not changed by the folded / channels_last copies
     conv = model.stem[0].weight
     assert conv.is_contiguous() and isinstance(model.stem[1], torch.nn.BatchNorm2d)
+
+
+def test_amp_scores_in_bf16_on_a_cpu_with_bf16_units(monkeypatch) -> None:
+    from napari_artseg import device
+
+    monkeypatch.setattr(device, "native_bf16_cpu", lambda: True)
+    model = _model(18, stem_pool=False, width=4)
+    images = _images(2, (48, 64))
+    seen: list[tuple[torch.dtype, bool]] = []
+    handle = model.fc.register_forward_hook(  # copied into the folded scoring network
+        lambda m, inp, out: seen.append((out.dtype, torch.is_autocast_enabled("cpu"))))
+    try:
+        ref = scorecam_reference(model, images)
+        seen.clear()
+        fast = scorecam(model, images, batch_size=4, amp=True)
+    finally:
+        handle.remove()
+    assert seen and all(found == (torch.bfloat16, True) for found in seen)
+    assert fast.dtype == torch.float32 and fast.shape == ref.shape
+    assert not torch.equal(fast, ref)  # rounded logits: close, not exact
+    assert (fast - ref).abs().mean() < 0.05
+    with torch.inference_mode():  # nothing leaks out of the passes
+        assert not torch.is_autocast_enabled("cpu")
+    monkeypatch.setattr(device, "native_bf16_cpu", lambda: False)
+    seen.clear()
+    handle = model.fc.register_forward_hook(
+        lambda m, inp, out: seen.append((out.dtype, torch.is_autocast_enabled("cpu"))))
+    try:  # emulated bf16 would be slower: fp32, exact
+        plain = scorecam(model, images, batch_size=4, amp=True)
+    finally:
+        handle.remove()
+    assert seen and all(found == (torch.float32, False) for found in seen)
+    torch.testing.assert_close(plain, ref, atol=CHANNELS_LAST_ATOL, rtol=0)
+
+
+def test_native_bf16_cpu_is_a_cached_answer() -> None:
+    from napari_artseg.device import native_bf16_cpu, passes_autocast
+
+    assert native_bf16_cpu() in (True, False)
+    assert native_bf16_cpu() is native_bf16_cpu()
+    with passes_autocast(torch.device("cpu"), enabled=False):
+        assert not torch.is_autocast_enabled("cpu")
 
 
 def test_auto_batch_size_is_exact_and_measured_once() -> None:

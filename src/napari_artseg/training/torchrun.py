@@ -15,7 +15,7 @@ import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import torch
 import torch.distributed as dist
@@ -67,7 +67,14 @@ def resolve_inputs(args: argparse.Namespace, config) -> Any:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """``torchrun ... -m napari_artseg.training.torchrun`` with the options of ``artseg train``."""
+    """``torchrun ... -m napari_artseg.training.torchrun`` with the options of ``artseg train``.
+
+    After a successful run every rank has passed the final barrier and the
+    process group is left as it is: run as a module, the rank then exits through
+    :func:`leave`, without gloo's teardown (which aborted a rank now and then with
+    "terminate called without an active exception", after the model was written).
+    After an error the group is destroyed here.
+    """
     from ..cli import train_cmd
     from ..cli.progress import run_with_progress
     from ..errors import ArtSegError
@@ -79,6 +86,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(["train", *(sys.argv[1:] if argv is None else argv)])
     device = init_from_environment(cpu=args.device == "cpu")
     rank = world()[0]
+    done = False
     try:
         config = train_cmd.build_config(args)
         config = config.replace(device=device.type)
@@ -99,13 +107,25 @@ def main(argv: Sequence[str] | None = None) -> int:
             if inputs.project is not None:
                 inputs.project.set_current_model(folder)
                 print(f"{Path(folder).name} is now the project's current model")
+        done = True
         return 0
     except ArtSegError as exc:
         print(f"artseg train (rank {rank}): error: {exc}", file=sys.stderr)
         return 2
     finally:
-        dist.destroy_process_group()
+        if not done:
+            dist.destroy_process_group()
+
+
+def leave(code: int) -> NoReturn:
+    """Flush the output and end the process with ``code`` without the interpreter's teardown.
+
+    Everything a run writes is on disk (atomically) before :func:`main` returns.
+    """
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
 
 
 if __name__ == "__main__":  # pragma: no cover
-    sys.exit(main())
+    leave(main())
