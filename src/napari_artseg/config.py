@@ -107,6 +107,9 @@ class ArtSegConfig:
     # anneals the learning rate to 0 over the epochs and keeps the last weights.
     fine_tune_schedule: str = "cosine"
     pseudo_label_cache: bool = True
+    # GB the training images and their targets may take in memory; the rest are kept
+    # on disk, memory-mapped (None: a quarter of the memory available at the start).
+    memory_budget_gb: float | None = None
     # Thresholds (None: chosen on the validation split after training).
     pseudo_label_threshold: float | None = None
     gate_threshold: float | None = None
@@ -189,6 +192,8 @@ class ArtSegConfig:
         for ok, message in checks:
             if not ok:
                 raise ArtSegError(f"invalid setting: {message}")
+        if self.memory_budget_gb is not None and not self.memory_budget_gb > 0:
+            raise ArtSegError("invalid setting: memory_budget_gb must be > 0 (or null: automatic)")
         for name in ("pseudo_label_threshold", "gate_threshold", "mask_threshold"):
             value = getattr(self, name)
             if value is not None and not 0 <= value <= 1:

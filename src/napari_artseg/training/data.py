@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable, Generator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -15,8 +15,11 @@ from ..errors import ArtSegError
 from ..image_files import read_image, read_mask
 from ..normalize import mask_to_scale, prepare_image, resize
 from .events import ProgressEvent
+from .spill import TensorSpill
 
 LABEL_VALUES = {"clean": 0, "artifact": 1}
+#: TrainingItem fields a spill keeps on disk.
+SPILLED = ("image", "target")
 
 
 @dataclass
@@ -38,6 +41,9 @@ class TrainingItem:
         clean image, or a Score-CAM pseudo-label (set later).
     curated : bool
         True when ``target`` comes from a mask file.
+    spill : TensorSpill or None
+        Set (by :meth:`move_to`) when the image did not fit in memory: ``image`` and
+        ``target`` are then backed by memory-mapped files (same values).
     """
 
     key: str
@@ -46,6 +52,21 @@ class TrainingItem:
     full_shape: tuple[int, int]
     target: torch.Tensor | None = None
     curated: bool = False
+    spill: TensorSpill | None = field(default=None, repr=False, compare=False)
+
+    def __setattr__(self, name: str, value: object) -> None:
+        # with a spill, the image and every target set later live in its memory-mapped files
+        spill = self.__dict__.get("spill")
+        if spill is not None and name in SPILLED and isinstance(value, torch.Tensor):
+            value = spill.keep(value, (self.key, name))
+        object.__setattr__(self, name, value)
+
+    def move_to(self, spill: TensorSpill) -> None:
+        """Keep this item's image and target (and any later target) in ``spill``'s files."""
+        self.spill = spill
+        self.image = self.image
+        if self.target is not None:
+            self.target = self.target
 
 
 def mask_path_for(masks_dir: Path, key: str) -> Path:
@@ -58,11 +79,14 @@ def load_training_items(
     labels: dict[str, str],
     config: ArtSegConfig,
     masks_dir: str | os.PathLike | None = None,
+    spill: TensorSpill | None = None,
 ) -> Generator[ProgressEvent, None, tuple[list[TrainingItem], float | None]]:
     """Read every labelled image (``unsure`` skipped) and its curated mask if any.
 
     Yields progress; returns ``(items, pixel_size_um)`` where the pixel size is the
-    first one found in the files (or None).
+    first one found in the files (or None). With a ``spill``, the images that do
+    not fit its memory budget (with a target of their size) are kept on disk,
+    memory-mapped (:mod:`napari_artseg.training.spill`).
 
     Raises
     ------
@@ -90,6 +114,8 @@ def load_training_items(
                 )
             item.target = mask_to_scale(mask, tuple(image.shape[-2:]))
             item.curated = True
+        if spill is not None and not spill.fits(image):
+            item.move_to(spill)
         items.append(item)
         yield ProgressEvent("data", done, len(chosen), message=f"read {key}")
     return items, pixel_size
@@ -272,17 +298,19 @@ def random_crop(
 
     Returns the image crop, the target crop and a weight map that is 0 on padding.
     """
-    _, h, w = image.shape
-    weight = torch.ones_like(target)
+    _, height, width = image.shape
+    h, w = height, width
     pad_h, pad_w = max(0, size - h), max(0, size - w)
     if pad_h or pad_w:
         mode = "reflect" if pad_h < h and pad_w < w else "replicate"
         pad = (0, pad_w, 0, pad_h)
         image = torch.nn.functional.pad(image[None], pad, mode=mode)[0]
         target = torch.nn.functional.pad(target, pad)
-        weight = torch.nn.functional.pad(weight, pad)
         h, w = h + pad_h, w + pad_w
     top = int(torch.randint(0, h - size + 1, (1,), generator=generator))
     left = int(torch.randint(0, w - size + 1, (1,), generator=generator))
     window = (slice(None), slice(top, top + size), slice(left, left + size))
-    return image[window], target[window], weight[window]
+    # the padding is below and right of the image: the crop's rows and columns before it weigh 1
+    weight = torch.zeros((1, size, size), dtype=target.dtype)
+    weight[:, : height - top, : width - left] = 1
+    return image[window], target[window], weight

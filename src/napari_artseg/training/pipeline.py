@@ -55,6 +55,7 @@ from ..training.thresholds import choose_gate_and_mask, extent_and_fallback
 from .ddp import barrier, is_rank_zero
 from .events import ProgressEvent
 from .saliency_cache import SaliencyCache, default_cache_folder
+from .spill import TensorSpill
 
 
 class TrainingCancelled(Exception):
@@ -229,6 +230,12 @@ def train_scorecam_unet(
     -------
     pathlib.Path
         The model folder.
+
+    Notes
+    -----
+    Images that do not fit ``config.memory_budget_gb`` are kept on disk,
+    memory-mapped, in a folder beside ``out`` that is deleted when the run ends
+    (:mod:`napari_artseg.training.spill`).
     """
     out = Path(out)
     if out.exists():
@@ -236,11 +243,25 @@ def train_scorecam_unet(
 
         raise ArtSegError(f"{out}: already exists; choose a new model folder")
     config.validate()
+    with TensorSpill.beside(out, config.memory_budget_gb) as spill:
+        return (yield from _train_scorecam_unet(images_dir, labels, out, config, masks_dir,
+                                                init, spill))
+
+
+def _train_scorecam_unet(images_dir, labels, out: Path, config: ArtSegConfig, masks_dir, init,
+                         spill: TensorSpill) -> Generator[ProgressEvent, None, Path]:
+    """:func:`train_scorecam_unet` with its spill made."""
     device = resolve_device(config.device)
     torch.manual_seed(config.seed)
     yield ProgressEvent("data", kind="stage", message=f"reading images on {device}",
                         metrics={"device": str(device)})
-    items, pixel_size = yield from load_training_items(images_dir, labels, config, masks_dir)
+    items, pixel_size = yield from load_training_items(images_dir, labels, config, masks_dir,
+                                                       spill)
+    if spill.spilled:
+        yield ProgressEvent("data", kind="stage",
+                            message=f"{sum(item.spill is not None for item in items)} of "
+                                    f"{len(items)} images kept on disk (memory budget "
+                                    f"{spill.budget / 1e9:.1f} GB)")
     counts = check_label_counts(items)
     train_idx, val_idx = stratified_split([i.label for i in items], config.val_fraction,
                                           config.seed)
@@ -250,7 +271,8 @@ def train_scorecam_unet(
     fine_tune_lr = config.start_learning_rate(bool(init))
     metadata: dict[str, Any] = {"parent": parent, "label_counts": counts,
                                 "pixel_size_um": pixel_size or config.pixel_size_um,
-                                "n_curated_masks": sum(i.curated for i in items)}
+                                "n_curated_masks": sum(i.curated for i in items),
+                                "n_images_on_disk": sum(i.spill is not None for i in items)}
     tables: dict[str, list[dict[str, Any]]] = {}
     networks: dict[str, torch.nn.Module] = {}
     rasters: dict[str, np.ndarray] = {}
