@@ -195,3 +195,19 @@ def test_a_cgroup_limit_caps_the_available_memory(tmp_path, monkeypatch):
     monkeypatch.setattr(spill, "cgroup_memory_room", lambda: 1_000_000)
     assert available_memory_bytes() == 1_000_000  # far below this machine's MemAvailable
     assert budget_bytes(None) == 250_000
+
+
+def test_the_supervised_unet_trains_the_same_from_disk(tiny_dataset, tmp_path):
+    labels = read_labels_csv(tiny_dataset / "labels.csv").labels
+    config = preset("tiny", method="supervised_unet")
+    masks = tiny_dataset / "masks"
+    _drain(train_pipeline(tiny_dataset / "images", labels, tmp_path / "memory", config,
+                          masks_dir=masks))
+    out = _drain(train_pipeline(tiny_dataset / "images", labels, tmp_path / "disk",
+                                config.replace(memory_budget_gb=1e-6), masks_dir=masks))
+    mine = load_file(str(out / "unet.safetensors"))
+    theirs = load_file(str(tmp_path / "memory" / "unet.safetensors"))
+    assert mine.keys() == theirs.keys()
+    assert all(torch.equal(mine[name], theirs[name]) for name in mine)
+    assert json.loads((out / "config.json").read_text())["n_images_on_disk"] == 16
+    assert _spill_folders(tmp_path) == []

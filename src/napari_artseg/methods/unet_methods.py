@@ -22,6 +22,7 @@ from ..predictor import ArtSegModel
 from ..training.data import TrainingItem, load_training_items, mask_path_for, stratified_split
 from ..training.events import ProgressEvent
 from ..training.segmenter import build_unet, train_unet
+from ..training.spill import TensorSpill
 from .base import Method
 from .common import MethodRun, best_row, choose_thresholds, manifest
 
@@ -99,17 +100,20 @@ class SupervisedUNet(Method):
         self.check_inputs(labels, masks_dir)
         run = MethodRun(out, config)
         yield run.started()
-        loaded, pixel_size = yield from load_training_items(images_dir, labels, config, masks_dir)
-        items = []
-        for item in loaded:
-            if not item.curated and item.label == 0:  # a clean label is an empty mask
-                item.target, item.curated = torch.zeros_like(item.image), True
-            if item.curated:
-                items.append(item)
-        run.metadata.update(pixel_size_um=pixel_size or config.pixel_size_um,
-                            n_curated_masks=len(items),
-                            n_skipped_no_mask=len(loaded) - len(items))
-        return (yield from train_unet_run(run, items, init, self.name, {}))
+        with TensorSpill.beside(out, config.memory_budget_gb) as spill:  # images past the budget
+            loaded, pixel_size = yield from load_training_items(images_dir, labels, config,
+                                                                masks_dir, spill)
+            items = []
+            for item in loaded:
+                if not item.curated and item.label == 0:  # a clean label is an empty mask
+                    item.target, item.curated = torch.zeros_like(item.image), True
+                if item.curated:
+                    items.append(item)
+            run.metadata.update(pixel_size_um=pixel_size or config.pixel_size_um,
+                                n_curated_masks=len(items),
+                                n_skipped_no_mask=len(loaded) - len(items),
+                                n_images_on_disk=sum(i.spill is not None for i in items))
+            return (yield from train_unet_run(run, items, init, self.name, {}))
 
 
 class CDL(Method):

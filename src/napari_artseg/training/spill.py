@@ -1,14 +1,15 @@
 """Training images that do not fit in memory: kept on disk, memory-mapped.
 
-Training holds every labelled image at the processing scale, and its U-Net target
-of the same size, for the whole run (docs/performance.md, "Training throughput").
-A screen of large images can hold more than the machine's memory. A
-:class:`TensorSpill` counts the bytes the images (and their future targets) take
-and, once the next image would pass ``memory_budget_gb`` (by default a quarter of
-the memory available when training starts, within a container's or job's cgroup limit),
-keeps that image and every later one in ``.npy`` files memory-mapped back: the
-values are the same, so training gives the same model, and the operating system
-pages them in and out as crops are drawn.
+Training (ScoreCAM-U-Net, supervised U-Net) holds every labelled image at the
+processing scale, and its U-Net target of the same size, for the whole run
+(docs/performance.md, "Training throughput"). A screen of large images can hold
+more than the machine's memory. A :class:`TensorSpill` counts the bytes the images
+(and their future targets) take and, once the next image would pass
+``memory_budget_gb`` (by default a quarter of the memory available when training
+starts, within a container's or job's cgroup limit), keeps that image and every
+later one in ``.npy`` files memory-mapped back: the values are the same, so
+training gives the same model, and the operating system pages them in and out as
+crops are drawn.
 
 The files live in a hidden folder beside the model folder (``.<model>.spill-<pid>``),
 on the same disk, never in a RAM-backed temporary folder; :meth:`TensorSpill.close`
