@@ -73,11 +73,9 @@ def passes_autocast(device: torch.device, enabled: bool = True):
         (training, prediction) it uses the CPU's bf16 units: these passes only
         weight channels, so the rounding moves maps little (docs/performance.md).
     """
-    if enabled and device.type == "cuda":
-        return torch.autocast("cuda", dtype=torch.bfloat16)
     if enabled and device.type == "cpu" and native_bf16_cpu():
         return torch.autocast("cpu", dtype=torch.bfloat16)
-    return contextlib.nullcontext()
+    return autocast(device, enabled)
 
 
 def release_memory(device: torch.device) -> None:

@@ -257,11 +257,11 @@ def _train_scorecam_unet(images_dir, labels, out: Path, config: ArtSegConfig, ma
                         metrics={"device": str(device)})
     items, pixel_size = yield from load_training_items(images_dir, labels, config, masks_dir,
                                                        spill)
-    if spill.spilled:
+    on_disk = sum(item.spill is not None for item in items)
+    if on_disk:
         yield ProgressEvent("data", kind="stage",
-                            message=f"{sum(item.spill is not None for item in items)} of "
-                                    f"{len(items)} images kept on disk (memory budget "
-                                    f"{spill.budget / 1e9:.1f} GB)")
+                            message=f"{on_disk} of {len(items)} images kept on disk (memory "
+                                    f"budget {spill.budget / 1e9:.1f} GB)")
     counts = check_label_counts(items)
     train_idx, val_idx = stratified_split([i.label for i in items], config.val_fraction,
                                           config.seed)
@@ -272,7 +272,7 @@ def _train_scorecam_unet(images_dir, labels, out: Path, config: ArtSegConfig, ma
     metadata: dict[str, Any] = {"parent": parent, "label_counts": counts,
                                 "pixel_size_um": pixel_size or config.pixel_size_um,
                                 "n_curated_masks": sum(i.curated for i in items),
-                                "n_images_on_disk": sum(i.spill is not None for i in items)}
+                                "n_images_on_disk": on_disk}
     tables: dict[str, list[dict[str, Any]]] = {}
     networks: dict[str, torch.nn.Module] = {}
     rasters: dict[str, np.ndarray] = {}

@@ -202,6 +202,8 @@ class TensorSpill:
             The file cannot be written (disk full, no permission), naming the folder.
         """
         array = tensor.detach().cpu().contiguous().numpy()
+        # temporary file, then rename, as atomic.atomic_write does, but without its fsyncs:
+        # these are scratch copies of data in memory, deleted when the run ends
         self._count += 1
         path = self.folder / f"{self._count}.npy"
         temporary = self.folder / f".{self._count}.npy.tmp"
