@@ -24,3 +24,15 @@ def drain(generator):
             next(generator)
         except StopIteration as stop:
             return stop.value
+
+
+def run_main(main) -> None:
+    """Exit with ``main()``'s status; a project error ends in its one-line message, no traceback."""
+    import sys
+
+    from napari_artseg.errors import ArtSegError
+
+    try:
+        sys.exit(main())
+    except ArtSegError as exc:
+        sys.exit(f"error: {exc}")

@@ -33,7 +33,7 @@ import tifffile
 import torch
 
 import napari_artseg
-from bench_common import machine
+from bench_common import machine, run_main
 from napari_artseg.atomic import atomic_write_text
 from napari_artseg.config import preset
 from napari_artseg.device import resolve_device
@@ -151,9 +151,4 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    from napari_artseg.errors import ArtSegError
-
-    try:
-        sys.exit(main())
-    except ArtSegError as exc:
-        sys.exit(f"error: {exc}")
+    run_main(main)

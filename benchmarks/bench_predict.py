@@ -39,7 +39,7 @@ import numpy as np
 import tifffile
 import torch
 
-from bench_common import machine
+from bench_common import machine, run_main
 from napari_artseg.atomic import atomic_write_text
 from napari_artseg.cli.predict_cmd import InputImage, predict_one
 from napari_artseg.config import preset
@@ -252,9 +252,4 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    from napari_artseg.errors import ArtSegError
-
-    try:
-        sys.exit(main())
-    except ArtSegError as exc:
-        sys.exit(f"error: {exc}")
+    run_main(main)

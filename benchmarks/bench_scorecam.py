@@ -43,12 +43,13 @@ from pathlib import Path
 
 import torch
 
-from bench_common import drain, machine
+from bench_common import drain, machine, run_main
 from napari_artseg.atomic import atomic_write_text
-from napari_artseg.config import preset
+from napari_artseg.config import ArtSegConfig, preset
 from napari_artseg.device import native_bf16_cpu, resolve_device
 from napari_artseg.image_files import read_mask
 from napari_artseg.labels_file import read_labels_csv
+from napari_artseg.model_files import load_weights, read_model_document
 from napari_artseg.models.resnet import cam_target
 from napari_artseg.normalize import mask_to_scale
 from napari_artseg.scorecam import ScoreCam, scorecam, scorecam_reference
@@ -78,17 +79,21 @@ def make_set(folder: Path, n: int, size: int, seed: int) -> Path:
     return folder
 
 
+def model_classifier(folder: str | Path) -> tuple[torch.nn.Module, ArtSegConfig]:
+    """The Score-CAM target (its ``scorecam_stage``) of a model folder's classifier, in eval
+    mode, and the model's config."""
+    document = read_model_document(folder)
+    config = document["config"]
+    classifier = build_classifier(config)
+    load_weights(Path(folder), "classifier", classifier)
+    return cam_target(classifier, config.scorecam_stage).eval(), config
+
+
 def trained_classifier(args, config, device) -> torch.nn.Module:
     """The Score-CAM target (the config's ``scorecam_stage``) of the classifier of ``--model``,
     or of one trained briefly on a synthetic set."""
     if args.model:
-        from napari_artseg.model_files import load_weights, read_model_document
-
-        document = read_model_document(args.model)
-        classifier = build_classifier(document["config"])
-        load_weights(Path(args.model), "classifier", classifier)
-        stage = document["config"].scorecam_stage
-        return cam_target(classifier, stage).to(device).eval()
+        return model_classifier(args.model)[0].to(device)
     from safetensors.torch import load_file, save_file
 
     train = make_set(Path(args.work) / f"train-n{args.n_train}-s{args.size}", args.n_train,
@@ -361,9 +366,4 @@ def print_tables(report: dict) -> None:
               f"{row['iou_deletion_test']:.3f} | {row['iou_deletion_test_minus_exact']:+.3f} |")
 
 if __name__ == "__main__":
-    from napari_artseg.errors import ArtSegError
-
-    try:
-        sys.exit(main())
-    except ArtSegError as exc:
-        sys.exit(f"error: {exc}")
+    run_main(main)

@@ -34,15 +34,12 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from bench_common import machine
-from bench_scorecam import test_views
+from bench_common import machine, run_main
+from bench_scorecam import model_classifier, test_views
 from napari_artseg.atomic import atomic_write_text
-from napari_artseg.model_files import load_weights, read_model_document
-from napari_artseg.models.resnet import cam_target
 from napari_artseg.scorecam import constant_channels
 from napari_artseg.scorecam_passes import masks_in_place
 from napari_artseg.scorecam_tuning import feature_network, scoring_network
-from napari_artseg.training.classifier import build_classifier
 
 SCALES = (0.5, 0.25, 0.125)
 SPREAD_LEVEL = 0.1
@@ -92,11 +89,7 @@ def main() -> int:
     args = parser.parse_args()
     args.json = args.json or "benchmarks/results/perf_scorecam_scale.json"
     torch.set_num_threads(args.threads)
-    document = read_model_document(args.model)
-    config = document["config"]
-    classifier = build_classifier(config)
-    load_weights(Path(args.model), "classifier", classifier)
-    classifier = cam_target(classifier, config.scorecam_stage).eval()
+    classifier, config = model_classifier(args.model)
     features = feature_network(classifier, True, True)
     network = scoring_network(classifier, True, True)
     views = [view for view, _ in test_views(args, config)]
@@ -153,9 +146,4 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    from napari_artseg.errors import ArtSegError
-
-    try:
-        sys.exit(main())
-    except ArtSegError as exc:
-        sys.exit(f"error: {exc}")
+    run_main(main)
