@@ -211,3 +211,43 @@ def test_the_supervised_unet_trains_the_same_from_disk(tiny_dataset, tmp_path):
     assert all(torch.equal(mine[name], theirs[name]) for name in mine)
     assert json.loads((out / "config.json").read_text())["n_images_on_disk"] == 16
     assert _spill_folders(tmp_path) == []
+
+
+def _tensor_files(folder):
+    """Every safetensors file of a model folder (members' too), by relative path."""
+    return {p.relative_to(folder).as_posix(): load_file(str(p))
+            for p in sorted(folder.rglob("*.safetensors"))}
+
+
+#: A small autoencoder for the 48 px images of the tiny preset.
+TINY_AE = {"anomaly_params": {"ae_ssim": {"patch_size": 32, "width": 8, "latent": 16, "epochs": 2,
+                                          "steps_per_epoch": 4, "batch_size": 8}}}
+
+
+@pytest.mark.parametrize(("method", "changes"), [
+    ("scorecam", {}), ("ae_ssim", TINY_AE), ("cdl", {}),
+    ("ensemble", {"ensemble_members": ["scorecam", "ae_ssim"], **TINY_AE}),
+])
+def test_every_method_trains_the_same_from_disk(tiny_dataset, tmp_path, method, changes):
+    labels = read_labels_csv(tiny_dataset / "labels.csv").labels
+    config = preset("tiny", method=method, **changes)
+    _drain(train_pipeline(tiny_dataset / "images", labels, tmp_path / "memory", config))
+    on_disk = []
+
+    def watch(event):
+        if event.kind == "stage":
+            on_disk.append(sum(len(list(p.glob("*.npy"))) for p in _spill_folders(tmp_path)))
+    messages = []
+    out = _drain(train_pipeline(tiny_dataset / "images", labels, tmp_path / "disk",
+                                config.replace(memory_budget_gb=1e-6)),
+                 lambda event: (watch(event), messages.append(event.message)))
+    assert max(on_disk) >= 16  # every image was on disk during the run
+    assert "16 of 16 images kept on disk (memory budget 0.0 GB)" in messages
+    assert _spill_folders(tmp_path) == []
+    mine, theirs = _tensor_files(out), _tensor_files(tmp_path / "memory")
+    assert mine.keys() == theirs.keys() and mine
+    for part, tensors in mine.items():
+        assert tensors.keys() == theirs[part].keys()
+        for name in tensors:
+            assert torch.equal(tensors[name], theirs[part][name]), f"{part}: {name}"
+    assert json.loads((out / "config.json").read_text())["n_images_on_disk"] == 16

@@ -33,8 +33,14 @@ from ..errors import ArtSegError, ModelFileError
 from ..model_files import load_tensors
 from ..predictor import ArtSegModel, MapAsLogits
 from ..training.classifier import train_classifier
-from ..training.data import check_label_counts, load_training_items, stratified_split
+from ..training.data import (
+    check_label_counts,
+    count_on_disk,
+    load_training_items,
+    stratified_split,
+)
 from ..training.events import ProgressEvent
+from ..training.spill import TensorSpill
 from .base import Method, label_counts
 from .common import MethodRun, choose_thresholds, manifest
 
@@ -190,10 +196,18 @@ class AnomalyMethod(Method):
         """Fit the detector on clean training images, calibrate, choose thresholds, save."""
         self.check_init(init)
         self.check_inputs(labels, masks_dir, config)
-        cls = detector_class(self.name)
         run = MethodRun(out, config)
         yield run.started()
-        items, pixel_size = yield from load_training_items(images_dir, labels, config, masks_dir)
+        with TensorSpill.beside(out, config.memory_budget_gb) as spill:  # images past the budget
+            return (yield from self._train(run, images_dir, labels, config, masks_dir, spill))
+
+    def _train(self, run: MethodRun, images_dir: str | os.PathLike, labels: dict[str, str],
+               config: ArtSegConfig, masks_dir: str | os.PathLike | None,
+               spill: TensorSpill) -> Generator[ProgressEvent, None, Path]:
+        """:meth:`train` with the spill for its images made."""
+        cls = detector_class(self.name)
+        items, pixel_size = yield from load_training_items(images_dir, labels, config, masks_dir,
+                                                           spill)
         train_idx, val_idx = stratified_split([i.label for i in items], config.val_fraction,
                                               config.seed)
         clean_train = [pad_to_min(items[i].image) for i in train_idx if items[i].label == 0]
@@ -202,7 +216,8 @@ class AnomalyMethod(Method):
                        seed=config.seed)
         run.metadata.update(label_counts=label_counts(labels), detector_params=detector.params,
                             pixel_size_um=pixel_size or config.pixel_size_um,
-                            n_curated_masks=sum(i.curated for i in items))
+                            n_curated_masks=sum(i.curated for i in items),
+                            n_images_on_disk=count_on_disk(items))
         try:
             if self.uses_classifier(config):
                 check_label_counts(items)

@@ -14,8 +14,15 @@ from ..model_files import load_weights
 from ..normalize import resize
 from ..predictor import ArtSegModel, MapAsLogits
 from ..training.classifier import build_classifier, train_classifier
-from ..training.data import check_label_counts, global_view, load_training_items, stratified_split
+from ..training.data import (
+    check_label_counts,
+    count_on_disk,
+    global_view,
+    load_training_items,
+    stratified_split,
+)
 from ..training.events import ProgressEvent
+from ..training.spill import TensorSpill
 from .base import Method
 from .common import MethodRun, best_row, choose_thresholds, manifest
 
@@ -94,7 +101,17 @@ class ScoreCAMAlone(Method):
         """
         run = MethodRun(out, config)
         yield run.started()
-        items, pixel_size = yield from load_training_items(images_dir, labels, config, masks_dir)
+        with TensorSpill.beside(out, config.memory_budget_gb) as spill:  # images past the budget
+            return (yield from self._train(run, images_dir, labels, config, masks_dir, init,
+                                           spill))
+
+    def _train(self, run: MethodRun, images_dir: str | os.PathLike, labels: dict[str, str],
+               config: ArtSegConfig, masks_dir: str | os.PathLike | None,
+               init: str | os.PathLike | None,
+               spill: TensorSpill) -> Generator[ProgressEvent, None, Path]:
+        """:meth:`train` with the spill for its images made."""
+        items, pixel_size = yield from load_training_items(images_dir, labels, config, masks_dir,
+                                                           spill)
         counts = check_label_counts(items)
         train_idx, val_idx = stratified_split([i.label for i in items], config.val_fraction,
                                               config.seed)
@@ -102,7 +119,8 @@ class ScoreCAMAlone(Method):
         if run.parent_of(init, self.name) is not None:
             load_weights(Path(init), "classifier", classifier)
         run.metadata.update(label_counts=counts, pixel_size_um=pixel_size or config.pixel_size_um,
-                            n_curated_masks=sum(i.curated for i in items))
+                            n_curated_masks=sum(i.curated for i in items),
+                            n_images_on_disk=count_on_disk(items))
         try:
             yield ProgressEvent("classifier", kind="stage", message="training the classifier")
             classifier, fit = yield from train_classifier(

@@ -27,8 +27,9 @@ from ..config import METHODS, ArtSegConfig
 from ..errors import ArtSegError, ModelFileError
 from ..model_files import load_tensors, member_folder, read_model_document
 from ..predictor import ArtSegModel, MapAsLogits
-from ..training.data import load_training_items, stratified_split
+from ..training.data import count_on_disk, load_training_items, stratified_split
 from ..training.events import ProgressEvent
+from ..training.spill import TensorSpill
 from .base import Method, label_counts
 from .common import MethodRun, choose_thresholds, manifest
 
@@ -207,14 +208,18 @@ class Ensemble(Method):
                 masks_dir: Any) -> Generator[ProgressEvent, None, None]:
         """Thresholds on the validation split, then save the folder with its members."""
         config = run.config
-        items, pixel_size = yield from load_training_items(images_dir, labels, config, masks_dir)
-        _, val_idx = stratified_split([i.label for i in items], config.val_fraction, config.seed)
-        run.networks["ensemble"] = {"weights": torch.tensor(weights, dtype=torch.float32)}
-        run.metadata.update(members=records, label_counts=label_counts(labels),
-                            pixel_size_um=pixel_size or config.pixel_size_um)
-        yield ProgressEvent("thresholds", kind="stage", message="choosing thresholds")
-        model = EnsembleModel(run.document(), models, weights, run.device)
-        thresholds, report = choose_thresholds(model, items, val_idx, config)
+        with TensorSpill.beside(run.out, config.memory_budget_gb) as spill:
+            items, pixel_size = yield from load_training_items(images_dir, labels, config,
+                                                               masks_dir, spill)
+            _, val_idx = stratified_split([i.label for i in items], config.val_fraction,
+                                          config.seed)
+            run.networks["ensemble"] = {"weights": torch.tensor(weights, dtype=torch.float32)}
+            run.metadata.update(members=records, label_counts=label_counts(labels),
+                                pixel_size_um=pixel_size or config.pixel_size_um,
+                                n_images_on_disk=count_on_disk(items))
+            yield ProgressEvent("thresholds", kind="stage", message="choosing thresholds")
+            model = EnsembleModel(run.document(), models, weights, run.device)
+            thresholds, report = choose_thresholds(model, items, val_idx, config)
         run.metadata.update(thresholds=thresholds, validation_metrics=report)
         run.tables["manifest"] = manifest(items, val_idx)
         yield ProgressEvent("save", kind="stage", message=f"saving {run.out}")

@@ -19,7 +19,14 @@ from ..image_files import discover_images, read_image, read_mask
 from ..model_files import load_weights
 from ..normalize import mask_to_scale, prepare_image
 from ..predictor import ArtSegModel
-from ..training.data import TrainingItem, load_training_items, mask_path_for, stratified_split
+from ..training.data import (
+    TrainingItem,
+    count_on_disk,
+    load_training_items,
+    mask_path_for,
+    spill_report,
+    stratified_split,
+)
 from ..training.events import ProgressEvent
 from ..training.segmenter import build_unet, train_unet
 from ..training.spill import TensorSpill
@@ -112,7 +119,7 @@ class SupervisedUNet(Method):
             run.metadata.update(pixel_size_um=pixel_size or config.pixel_size_um,
                                 n_curated_masks=len(items),
                                 n_skipped_no_mask=len(loaded) - len(items),
-                                n_images_on_disk=sum(i.spill is not None for i in items))
+                                n_images_on_disk=count_on_disk(items))
             return (yield from train_unet_run(run, items, init, self.name, {}))
 
 
@@ -151,6 +158,13 @@ class CDL(Method):
             raise ArtSegError(f"{images_dir}: cdl needs at least 2 images; found {len(keys)}")
         run = MethodRun(out, config)
         yield run.started()
+        with TensorSpill.beside(out, config.memory_budget_gb) as spill:  # images past the budget
+            return (yield from self._train(run, images_dir, keys, config, masks_dir, init, spill))
+
+    def _train(self, run: MethodRun, images_dir: Path, keys: list[str], config: ArtSegConfig,
+               masks_dir: str | os.PathLike | None, init: str | os.PathLike | None,
+               spill: TensorSpill) -> Generator[ProgressEvent, None, Path]:
+        """:meth:`train` with its images read and their spill made."""
         detector = ConventionalDetector.from_config(config)
         items, targets, pixel_size = [], {}, None
         masks = Path(masks_dir) if masks_dir is not None else None
@@ -162,14 +176,19 @@ class CDL(Method):
                     else detector.predict(loaded.data))
             image = prepare_image(loaded.data, config.scale, config.normalization)
             target = (mask_to_scale(mask, tuple(image.shape[-2:])) >= 0.5).float()
-            items.append(TrainingItem(key, int(bool(target.any())), image, loaded.data.shape,
-                                      target, curated))
+            item = TrainingItem(key, int(bool(target.any())), image, loaded.data.shape, target,
+                                curated)
+            if not spill.fits(image):
+                item.move_to(spill)
+            items.append(item)
             if not curated:
                 targets[len(items) - 1] = "cdl"
                 stem = Path(key).with_suffix("").as_posix()
                 run.rasters[f"cdl_labels/{stem}.tif"] = target[0].numpy().astype(np.uint8)
             yield ProgressEvent("cdl_labels", done, len(keys), message=key)
+        yield from spill_report(items, spill)
         run.metadata.update(pixel_size_um=pixel_size or config.pixel_size_um,
                             cdl_detector=detector.to_dict(),
-                            n_curated_masks=len(items) - len(targets))
+                            n_curated_masks=len(items) - len(targets),
+                            n_images_on_disk=count_on_disk(items))
         return (yield from train_unet_run(run, items, init, self.name, targets))

@@ -118,7 +118,24 @@ def load_training_items(
             item.move_to(spill)
         items.append(item)
         yield ProgressEvent("data", done, len(chosen), message=f"read {key}")
+    yield from spill_report(items, spill)
     return items, pixel_size
+
+
+def count_on_disk(items: list[TrainingItem]) -> int:
+    """How many of ``items`` a spill keeps on disk."""
+    return sum(item.spill is not None for item in items)
+
+
+def spill_report(items: list[TrainingItem],
+                 spill: TensorSpill | None) -> Generator[ProgressEvent, None, None]:
+    """A ``data`` stage event saying how many of ``items`` are kept on disk (none if none)."""
+    on_disk = count_on_disk(items)
+    if on_disk and spill is not None:
+        budget = "none" if spill.budget is None else f"{spill.budget / 1e9:.1f} GB"
+        yield ProgressEvent("data", kind="stage",
+                            message=f"{on_disk} of {len(items)} images kept on disk (memory "
+                                    f"budget {budget})")
 
 
 def check_label_counts(items: list[TrainingItem]) -> dict[str, int]:

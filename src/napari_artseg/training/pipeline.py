@@ -33,6 +33,7 @@ from ..training.classifier import (
 from ..training.data import (
     TrainingItem,
     check_label_counts,
+    count_on_disk,
     curated_to_training,
     load_training_items,
     stratified_split,
@@ -257,11 +258,6 @@ def _train_scorecam_unet(images_dir, labels, out: Path, config: ArtSegConfig, ma
                         metrics={"device": str(device)})
     items, pixel_size = yield from load_training_items(images_dir, labels, config, masks_dir,
                                                        spill)
-    on_disk = sum(item.spill is not None for item in items)
-    if on_disk:
-        yield ProgressEvent("data", kind="stage",
-                            message=f"{on_disk} of {len(items)} images kept on disk (memory "
-                                    f"budget {spill.budget / 1e9:.1f} GB)")
     counts = check_label_counts(items)
     train_idx, val_idx = stratified_split([i.label for i in items], config.val_fraction,
                                           config.seed)
@@ -272,7 +268,7 @@ def _train_scorecam_unet(images_dir, labels, out: Path, config: ArtSegConfig, ma
     metadata: dict[str, Any] = {"parent": parent, "label_counts": counts,
                                 "pixel_size_um": pixel_size or config.pixel_size_um,
                                 "n_curated_masks": sum(i.curated for i in items),
-                                "n_images_on_disk": on_disk}
+                                "n_images_on_disk": count_on_disk(items)}
     tables: dict[str, list[dict[str, Any]]] = {}
     networks: dict[str, torch.nn.Module] = {}
     rasters: dict[str, np.ndarray] = {}
