@@ -79,11 +79,15 @@ def passes_autocast(device: torch.device, enabled: bool = True):
 
 
 def release_memory(device: torch.device) -> None:
-    """Return cached accelerator memory to the driver (after training or cancel)."""
+    """Return cached accelerator memory to the driver, and freed heap memory to the system
+    (after training or cancel)."""
+    from .process_memory import trim_heap
+
     if device.type == "cuda":
         torch.cuda.empty_cache()
     elif device.type == "mps" and hasattr(torch, "mps"):
         torch.mps.empty_cache()
+    trim_heap()
 
 
 def fold_sequential_batch_norms(module: nn.Module) -> nn.Module:
