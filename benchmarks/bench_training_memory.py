@@ -1,16 +1,19 @@
 """Training memory with the images held in memory vs kept on disk (``memory_budget_gb``).
 
-Three fresh child processes train the same ``fast`` model (1 classifier and 1 U-Net
+Four fresh child processes train the same ``fast`` model (1 classifier and 1 U-Net
 epoch, no self-training: the data stages are what matters here) on one synthetic set
 of large images: with ``memory_budget_gb`` so large that everything stays in memory,
 so small that every image and target is kept on disk, memory-mapped, and the default
-(a quarter of the available memory, a cgroup's limit included). Each child samples its own memory
-at every progress event: the peak of anonymous memory (``RssAnon``: what the kernel
-cannot drop, and what runs a machine out of memory) and of all resident memory
-(VmHWM; it also counts mapped file pages, which the kernel drops under pressure).
-Printed: both peaks, the ratio, the seconds, and whether the two models' weights are
-identical (they must be: the values are the same; with one torch thread per child,
-the default, two runs of the same process are bit-identical, with two they were not).
+(a quarter of the available memory, a cgroup's limit included); and all on disk again
+without giving freed heap memory back to the system (``process_memory.trim_heap`` off,
+as before 2026-12-07). Each child samples its own memory at every progress event: the
+peak of anonymous memory (``RssAnon``: what the kernel cannot drop, and what runs a
+machine out of memory) and of all resident memory (VmHWM; it also counts mapped file
+pages, which the kernel drops under pressure); and its anonymous memory once the run
+has ended (what a long-lived process, napari, keeps after training). Printed: the
+peaks, the ratios, the seconds, and whether the models' weights are identical (they
+must be: the values are the same; with one torch thread per child, the default, two
+runs of the same process are bit-identical, with two they were not).
 
 With ``--limit-gb G`` (Linux, root, cgroup v1 memory controller) each child runs in
 a cgroup whose memory is capped at G GB, to show which runs survive the cap (the
@@ -41,15 +44,18 @@ from napari_artseg.atomic import atomic_write_text
 from napari_artseg.synth import write_dataset
 
 CHILD = r"""
-import json, sys, time
+import gc, json, sys, time
 import torch
 from napari_artseg.config import preset
 from napari_artseg.labels_file import read_labels_csv
+from napari_artseg import process_memory
 from napari_artseg.process_memory import peak_rss_kib, status_kib
 from napari_artseg.training import train_pipeline
 
 torch.set_num_threads(int(sys.argv[1]))
 data, out, budget = sys.argv[2], sys.argv[3], json.loads(sys.argv[4])
+if sys.argv[5] == "no-trim":
+    process_memory.MALLOC_TRIM = None  # freed heap memory stays with glibc, as before
 config = preset("fast", classifier_epochs=1, unet_epochs=1, self_training_rounds=0,
                 memory_budget_gb=budget)
 labels = read_labels_csv(data + "/labels.csv").labels
@@ -57,15 +63,23 @@ anon = 0
 start = time.perf_counter()
 for event in train_pipeline(data + "/images", labels, out, config):
     anon = max(anon, status_kib("RssAnon") or 0)
-print("RESULT", json.dumps({"seconds": time.perf_counter() - start, "peak_anon_kib": anon,
-                            "peak_rss_kib": peak_rss_kib()}))
+seconds = time.perf_counter() - start
+gc.collect()
+print("RESULT", json.dumps({"seconds": seconds, "peak_anon_kib": anon,
+                            "peak_rss_kib": peak_rss_kib(),
+                            "anon_after_run_kib": status_kib("RssAnon") or 0}))
 """
 
 
 def run_child(threads: int, data: Path, out: Path, budget: float | None,
-              limit_gb: float | None) -> dict:
-    """One training child; its RESULT line as a dict (``failed`` with its exit code if it died)."""
-    command = [sys.executable, "-c", CHILD, str(threads), str(data), str(out), json.dumps(budget)]
+              limit_gb: float | None, trim: bool = True) -> dict:
+    """One training child; its RESULT line as a dict (``failed`` with its exit code if it died).
+
+    ``trim`` False: the child does not give freed heap memory back between epochs and
+    stages (``process_memory.trim_heap`` does nothing), as training did before 2026-12-07.
+    """
+    command = [sys.executable, "-c", CHILD, str(threads), str(data), str(out), json.dumps(budget),
+               "trim" if trim else "no-trim"]
     group = None
     if limit_gb is not None:
         group = Path(f"/sys/fs/cgroup/memory/artseg-bench-{os.getpid()}")
@@ -121,10 +135,12 @@ def main() -> int:
             pass
     stamp = time.strftime("%Y%m%d-%H%M%S")
     runs = {}
-    for name, budget in (("in memory", 1e6), ("on disk", 1e-6), ("automatic", None)):
-        out = work / f"model-{stamp}-{name.replace(' ', '-')}"
-        runs[name] = {"out": str(out), "memory_budget_gb": budget,
-                      **run_child(args.threads, data, out, budget, args.limit_gb)}
+    arms = (("in memory", 1e6, True), ("on disk", 1e-6, True), ("automatic", None, True),
+            ("on disk, heap not trimmed", 1e-6, False))
+    for name, budget, trim in arms:
+        out = work / f"model-{stamp}-{name.replace(' ', '-').replace(',', '')}"
+        runs[name] = {"out": str(out), "memory_budget_gb": budget, "heap_trimmed": trim,
+                      **run_child(args.threads, data, out, budget, args.limit_gb, trim)}
         print(f"{name}: {runs[name]}", flush=True)
     image_bytes = args.n * args.size * args.size * 4
     report = {"command": " ".join(["python", *sys.argv]), "machine": machine(),
@@ -141,20 +157,27 @@ def main() -> int:
         memory, disk = done["in memory"], done["on disk"]
         report["anon_ratio"] = memory["peak_anon_kib"] / disk["peak_anon_kib"]
         report["seconds_ratio"] = disk["seconds"] / memory["seconds"]
+    if "on disk" in done and "on disk, heap not trimmed" in done:
+        untrimmed = done["on disk, heap not trimmed"]
+        report["trim_anon_ratio"] = untrimmed["peak_anon_kib"] / done["on disk"]["peak_anon_kib"]
     limit = f", each capped at {args.limit_gb:g} GB" if args.limit_gb else ""
     print(f"\n{args.n} images of {args.size} px ({image_bytes / 1e9:.2f} GB as float32){limit}")
-    print("| run | images on disk | peak anonymous memory | peak resident (VmHWM) | seconds |")
-    print("|---|---|---|---|---|")
+    print("| run | images on disk | peak anonymous memory | peak resident (VmHWM) | seconds | "
+          "anonymous memory after the run |")
+    print("|---|---|---|---|---|---|")
     for name, run in runs.items():
         if "failed" in run:
             print(f"| {name} | | killed (exit status {run['failed']}) | | |")
             continue
         print(f"| {name} | {run['n_images_on_disk']} of {args.n} | "
               f"{run['peak_anon_kib'] / 1e6:.2f} GB | {run['peak_rss_kib'] / 1e6:.2f} GB | "
-              f"{run['seconds']:.0f} |")
+              f"{run['seconds']:.0f} | {run['anon_after_run_kib'] / 1e6:.2f} GB |")
     if "anon_ratio" in report:
         print(f"anonymous memory {report['anon_ratio']:.2f}x lower on disk; "
               f"{report['seconds_ratio']:.2f}x the time")
+    if "trim_anon_ratio" in report:
+        print(f"anonymous memory {report['trim_anon_ratio']:.2f}x lower with the heap trimmed "
+              "(on disk)")
     print(f"identical weights across the completed runs ({', '.join(names)}): "
           f"{report['identical_weights']}")
     atomic_write_text(Path(args.json), json.dumps(report, indent=2))
