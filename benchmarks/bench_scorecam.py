@@ -89,6 +89,17 @@ def model_classifier(folder: str | Path) -> tuple[torch.nn.Module, ArtSegConfig]
     return cam_target(classifier, config.scorecam_stage).eval(), config
 
 
+def add_model_view_arguments(parser: argparse.ArgumentParser) -> None:
+    """The options of a script that scores a model folder's classifier on the held-out views:
+    ``--model`` (required), ``--n-test``, ``--size``, ``--threads``, ``--work``."""
+    parser.add_argument("--model", required=True, help="a model folder (its classifier)")
+    parser.add_argument("--n-test", type=int, default=300)
+    parser.add_argument("--size", type=int, default=512, help="synthetic image side (px)")
+    parser.add_argument("--threads", type=int, default=torch.get_num_threads())
+    parser.add_argument("--work", default=os.path.join(tempfile.gettempdir(), "artseg-bench",
+                                                         "scorecam"))
+
+
 def trained_classifier(args, config, device) -> torch.nn.Module:
     """The Score-CAM target (the config's ``scorecam_stage``) of the classifier of ``--model``,
     or of one trained briefly on a synthetic set."""

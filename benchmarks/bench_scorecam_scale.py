@@ -26,16 +26,14 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
-import tempfile
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
 from bench_common import machine, run_main
-from bench_scorecam import model_classifier, test_views
+from bench_scorecam import add_model_view_arguments, model_classifier, test_views
 from napari_artseg.atomic import atomic_write_text
 from napari_artseg.scorecam import constant_channels
 from napari_artseg.scorecam_passes import masks_in_place
@@ -79,12 +77,7 @@ def spread(acts: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 def main() -> int:
     """Run the measurement, print the table and write the JSON."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", required=True, help="a model folder (its classifier)")
-    parser.add_argument("--n-test", type=int, default=300)
-    parser.add_argument("--size", type=int, default=512, help="synthetic image side (px)")
-    parser.add_argument("--threads", type=int, default=torch.get_num_threads())
-    parser.add_argument("--work", default=os.path.join(tempfile.gettempdir(), "artseg-bench",
-                                                         "scorecam"))
+    add_model_view_arguments(parser)
     parser.add_argument("--json", help="default: benchmarks/results/perf_scorecam_scale.json")
     args = parser.parse_args()
     args.json = args.json or "benchmarks/results/perf_scorecam_scale.json"

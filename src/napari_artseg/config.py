@@ -70,6 +70,11 @@ class ArtSegConfig:
     early_stop_patience: int = 30
     val_fraction: float = 0.2
     augment: bool = True
+    # Smallest scale at which the classifier is shown its views in training (1.0: off).
+    # Below 1, half the batches are shrunk to a random scale between it and 1. Tried so that
+    # Score-CAM could score at a reduced resolution: it did not make that safe, but made
+    # better exact maps (docs/performance.md, "a classifier trained across scales").
+    classifier_scale_augment: float = 1.0
     balance_classes: bool = True
     # Weight of a soft-Dice term beside the pixel BCE of the U-Net (docs/accuracy.md: 1.0
     # kept one of three fresh runs from collapsing to small masks in self-training).
@@ -178,6 +183,7 @@ class ArtSegConfig:
              or (_is_integer(self.scorecam_batch_size) and self.scorecam_batch_size >= 1),
              "scorecam_batch_size must be an integer >= 1 or \"auto\""),
             (0 < self.scorecam_score_scale <= 1, "scorecam_score_scale must be in (0, 1]"),
+            (0 < self.classifier_scale_augment <= 1, "classifier_scale_augment must be in (0, 1]"),
             (self.scorecam_stage in (1, 2, 3, 4), "scorecam_stage must be 1, 2, 3 or 4"),
             (self.pseudo_label_rule in PSEUDO_LABEL_RULES,
              f"pseudo_label_rule must be one of {', '.join(PSEUDO_LABEL_RULES)}"),

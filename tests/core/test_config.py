@@ -30,7 +30,9 @@ def test_paper_preset_matches_the_paper():
      ({"device": "tpu"}, "device"),
      ({"mask_threshold": 1.5}, "mask_threshold"), ({"resnet_depth": 20}, "resnet_depth"),
      ({"tile_halo": 256}, "tile_halo"), ({"fine_tune_lr_factor": 0}, "fine_tune_lr_factor"),
-     ({"gate_symmetries": 0}, "gate_symmetries"), ({"gate_symmetries": 9}, "gate_symmetries")],
+     ({"gate_symmetries": 0}, "gate_symmetries"), ({"gate_symmetries": 9}, "gate_symmetries"),
+     ({"classifier_scale_augment": 0}, "classifier_scale_augment"),
+     ({"classifier_scale_augment": 1.5}, "classifier_scale_augment")],
 )
 def test_bad_values_name_the_field(changes, word):
     with pytest.raises(ArtSegError, match=word):

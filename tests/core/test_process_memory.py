@@ -54,13 +54,18 @@ print(trim_heap(), before - status_kib("RssAnon"))
 """
 
 
-@pytest.mark.parametrize("mode", ["on", "off"])
-def test_trimming_gives_freed_heap_memory_back(mode):
+def _child_output(script: str, mode: str) -> str:
+    """The last line a child running ``script`` prints, the trim ``on`` (glibc only) or ``off``."""
     if mode == "on" and process_memory.MALLOC_TRIM is None:
         pytest.skip("not glibc: no malloc_trim")
-    child = subprocess.run([sys.executable, "-c", TRIM_CHILD, mode], capture_output=True,
-                           text=True, check=True)
-    trimmed, freed_kib = child.stdout.split()
+    child = subprocess.run([sys.executable, "-c", script, mode], capture_output=True, text=True,
+                           check=True)
+    return child.stdout.splitlines()[-1]
+
+
+@pytest.mark.parametrize("mode", ["on", "off"])
+def test_trimming_gives_freed_heap_memory_back(mode):
+    trimmed, freed_kib = _child_output(TRIM_CHILD, mode).split()
     if mode == "off":  # no malloc_trim (not glibc, or switched off): nothing happens
         assert trimmed == "False" and abs(int(freed_kib)) < 20 * 1024
     else:
@@ -97,11 +102,7 @@ print(json.dumps({"rise_kib": peak - before, "kept_kib": status_kib("RssAnon") -
 
 @pytest.mark.parametrize("mode", ["on", "off"])
 def test_a_finished_training_run_gives_its_memory_back(mode):
-    if mode == "on" and process_memory.MALLOC_TRIM is None:
-        pytest.skip("not glibc: no malloc_trim")
-    child = subprocess.run([sys.executable, "-c", TRAINING_CHILD, mode], capture_output=True,
-                           text=True, check=True)
-    result = json.loads(child.stdout.splitlines()[-1])
+    result = json.loads(_child_output(TRAINING_CHILD, mode))
     assert result["rise_kib"] > 150 * 1024  # the run held its images and activations
     # measured: 60 of 310 MB kept with the trim (caches that live on), all 310 without
     if mode == "on":

@@ -12,7 +12,7 @@ from ..config import ArtSegConfig
 from ..device import autocast
 from ..metrics import classification_counts
 from ..models import ResNetClassifier
-from .data import TrainingItem, d4, epoch_order, global_view, symmetry_mean
+from .data import TrainingItem, d4, epoch_order, global_view, random_scale, symmetry_mean
 from .ddp import local_batch, rank_generator, rank_share
 from .events import ProgressEvent
 from .loop import FitResult, fit
@@ -67,7 +67,8 @@ def train_classifier(
     Class imbalance is handled by balanced sampling (each epoch draws as many
     images as the training split holds, both classes equally likely) when
     ``config.balance_classes``; augmentation draws one of the 8 square symmetries
-    per image. In a process group each rank trains on its share of every epoch
+    per image, and with ``config.classifier_scale_augment`` < 1 half the batches are shrunk
+    (:func:`.data.random_scale`). In a process group each rank trains on its share of every epoch
     (:mod:`.ddp`).
     """
     torch.manual_seed(config.seed)
@@ -89,7 +90,7 @@ def train_classifier(
             if config.augment:
                 ks = torch.randint(0, 8, (len(chosen),), generator=augmenter).tolist()
                 x = torch.stack([d4(v, k) for v, k in zip(x, ks, strict=True)])
-            yield x, labels[chosen]
+            yield random_scale(x, config.classifier_scale_augment, augmenter), labels[chosen]
 
     def loss_fn(logits: torch.Tensor, batch) -> torch.Tensor:
         return F.binary_cross_entropy_with_logits(logits, batch[1])

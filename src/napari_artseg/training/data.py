@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 from ..config import ArtSegConfig
 from ..errors import ArtSegError
@@ -301,6 +302,38 @@ def symmetry_mean(score: Callable[[torch.Tensor], torch.Tensor], views: torch.Te
     for k in range(1, symmetries):
         total = total + score(d4(views, k).contiguous())
     return total / symmetries
+
+
+def random_scale(views: torch.Tensor, min_scale: float,
+                 generator: torch.Generator) -> torch.Tensor:
+    """A batch of square views, kept or (one time in two) shrunk to a random smaller scale.
+
+    The scale is drawn log-uniformly between ``min_scale`` and 1, and the views are shrunk by
+    area averaging, as Score-CAM shrinks the image it scores at ``scorecam_score_scale``.
+
+    Parameters
+    ----------
+    views : torch.Tensor
+        (N, C, S, S) views.
+    min_scale : float
+        The smallest scale, in (0, 1]; 1 returns ``views`` unchanged without a draw.
+    generator : torch.Generator
+        The random draws (two per batch when ``min_scale`` < 1).
+
+    Returns
+    -------
+    torch.Tensor
+        (N, C, s, s) views with ``s = max(1, round(S * scale))``.
+    """
+    if min_scale >= 1:
+        return views
+    keep, u = torch.rand(2, generator=generator).tolist()
+    if keep < 0.5:
+        return views
+    side = max(1, round(views.shape[-1] * min_scale ** u))
+    if side == views.shape[-1]:
+        return views
+    return F.interpolate(views, size=(side, side), mode="area")
 
 
 def global_view(image: torch.Tensor, size: int) -> torch.Tensor:
