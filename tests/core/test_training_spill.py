@@ -232,15 +232,15 @@ def test_every_method_trains_the_same_from_disk(tiny_dataset, tmp_path, method, 
     labels = read_labels_csv(tiny_dataset / "labels.csv").labels
     config = preset("tiny", method=method, **changes)
     _drain(train_pipeline(tiny_dataset / "images", labels, tmp_path / "memory", config))
-    on_disk = []
+    on_disk, messages = [], []
 
     def watch(event):
+        messages.append(event.message)
         if event.kind == "stage":
             on_disk.append(sum(len(list(p.glob("*.npy"))) for p in _spill_folders(tmp_path)))
-    messages = []
+
     out = _drain(train_pipeline(tiny_dataset / "images", labels, tmp_path / "disk",
-                                config.replace(memory_budget_gb=1e-6)),
-                 lambda event: (watch(event), messages.append(event.message)))
+                                config.replace(memory_budget_gb=1e-6)), watch)
     assert max(on_disk) >= 16  # every image was on disk during the run
     assert "16 of 16 images kept on disk (memory budget 0.0 GB)" in messages
     assert _spill_folders(tmp_path) == []
