@@ -10,6 +10,7 @@ import torch
 from torch import nn
 
 from .errors import ArtSegError
+from .process_memory import trim_heap
 
 
 def resolve_device(name: str = "auto") -> torch.device:
@@ -81,8 +82,6 @@ def passes_autocast(device: torch.device, enabled: bool = True):
 def release_memory(device: torch.device) -> None:
     """Return cached accelerator memory to the driver, and freed heap memory to the system
     (after training or cancel)."""
-    from .process_memory import trim_heap
-
     if device.type == "cuda":
         torch.cuda.empty_cache()
     elif device.type == "mps" and hasattr(torch, "mps"):

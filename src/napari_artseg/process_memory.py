@@ -61,9 +61,9 @@ def trim_heap() -> bool:
 
     Memory torch frees on the CPU goes back to glibc's heaps, which keep it for reuse;
     tensors freed by another thread than the one that made them (training's batch
-    thread) stay in that thread's heap. Between training stages and epochs that memory
-    is given back here, so the next stage's peak does not stack on the last one's
-    (docs/performance.md, "Training throughput", measured there). A few milliseconds.
+    thread) stay in that thread's heap. Called when a training run has ended and after
+    prediction, so a long-lived process (napari) does not keep a finished job's memory
+    (docs/performance.md, "Training throughput", measured there).
 
     Returns
     -------

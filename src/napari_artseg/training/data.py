@@ -132,11 +132,10 @@ def spill_report(items: list[TrainingItem],
                  spill: TensorSpill | None) -> Generator[ProgressEvent, None, None]:
     """A ``data`` stage event saying how many of ``items`` are kept on disk (none if none)."""
     on_disk = count_on_disk(items)
-    if on_disk and spill is not None:
-        budget = "none" if spill.budget is None else f"{spill.budget / 1e9:.1f} GB"
+    if on_disk:  # only a spill with a budget keeps images on disk
         yield ProgressEvent("data", kind="stage",
                             message=f"{on_disk} of {len(items)} images kept on disk (memory "
-                                    f"budget {budget})")
+                                    f"budget {spill.budget / 1e9:.1f} GB)")
 
 
 def check_label_counts(items: list[TrainingItem]) -> dict[str, int]:
