@@ -92,6 +92,9 @@ class ArtSegConfig:
     scorecam_max_channels: int | None = 32
     scorecam_stage: int = 3
     scorecam_score_scale: float = 1.0
+    # Mask the activations after this stage instead of the input (0: the input, exact;
+    # an approximation that skips the early stages in every masked pass; docs/performance.md).
+    scorecam_mask_stage: int = 0
     # Masked passes in bf16 on CUDA and on CPUs with bf16 units (an approximation;
     # docs/performance.md); fp32 elsewhere.
     scorecam_amp: bool = False
@@ -185,6 +188,11 @@ class ArtSegConfig:
             (0 < self.scorecam_score_scale <= 1, "scorecam_score_scale must be in (0, 1]"),
             (0 < self.classifier_scale_augment <= 1, "classifier_scale_augment must be in (0, 1]"),
             (self.scorecam_stage in (1, 2, 3, 4), "scorecam_stage must be 1, 2, 3 or 4"),
+            (_is_integer(self.scorecam_mask_stage)
+             and 0 <= self.scorecam_mask_stage <= self.scorecam_stage,
+             "scorecam_mask_stage must be an integer from 0 to scorecam_stage"),
+            (self.scorecam_mask_stage == 0 or self.scorecam_score_scale == 1,
+             "scorecam_mask_stage > 0 and scorecam_score_scale < 1 cannot be combined"),
             (self.pseudo_label_rule in PSEUDO_LABEL_RULES,
              f"pseudo_label_rule must be one of {', '.join(PSEUDO_LABEL_RULES)}"),
             (self.gate_rule in GATE_RULES, f"gate_rule must be one of {', '.join(GATE_RULES)}"),

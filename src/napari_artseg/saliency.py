@@ -21,7 +21,8 @@ def scorecam_runner(classifier: ResNetClassifier, config: ArtSegConfig) -> Score
         Uses ``scorecam_stage`` (the target stage: 4 is the last, as in the paper;
         3 has a twice finer grid), ``scorecam_weighting``, ``scorecam_batch_size``
         (an integer, or ``"auto"``: measured once per process), ``scorecam_max_channels``,
-        ``scorecam_score_scale`` (scoring at a reduced resolution; 1.0 is exact) and
+        ``scorecam_score_scale`` (scoring at a reduced resolution; 1.0 is exact),
+        ``scorecam_mask_stage`` (masking after an early stage; 0 is exact) and
         ``scorecam_amp`` (bf16 masked passes where the device computes bf16 natively).
 
     Returns
@@ -33,4 +34,5 @@ def scorecam_runner(classifier: ResNetClassifier, config: ArtSegConfig) -> Score
     return ScoreCam(cam_target(classifier, config.scorecam_stage),
                     batch_size=config.scorecam_batch_size, weighting=config.scorecam_weighting,
                     max_channels=config.scorecam_max_channels,
-                    score_scale=config.scorecam_score_scale, amp=config.scorecam_amp)
+                    score_scale=config.scorecam_score_scale,
+                    mask_stage=config.scorecam_mask_stage, amp=config.scorecam_amp)

@@ -24,8 +24,9 @@ Speed and memory of :func:`scorecam` (exact unless stated)
   memory.
 - Approximations, off by default: ``max_channels`` (top-N channels by
   variance, Faster-Score-CAM), ``score_scale`` (masked inputs scored at a
-  reduced resolution) and ``amp`` (masked passes in bf16 on CUDA and on CPUs
-  with bf16 units).
+  reduced resolution), ``mask_stage`` (the activations after an early stage
+  are masked instead of the input, :mod:`napari_artseg.scorecam_inside`) and
+  ``amp`` (masked passes in bf16 on CUDA and on CPUs with bf16 units).
 
 Definitions shared by both functions
 ------------------------------------
@@ -44,7 +45,6 @@ Definitions shared by both functions
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 import torch
@@ -52,6 +52,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from napari_artseg.models.resnet import ResNetClassifier
+from napari_artseg.scorecam_inside import Network, check_mask_stage, masking_networks
 
 if TYPE_CHECKING:
     from napari_artseg.scorecam_passes import MaskedPasses
@@ -175,18 +176,25 @@ def _select_channels(acts: torch.Tensor, max_channels: int | None) -> torch.Tens
     return torch.topk(variance, max_channels).indices.sort().values
 
 
-def _scorecam_one(features: Callable[[torch.Tensor], torch.Tensor], image: torch.Tensor,
+def _scorecam_one(networks: tuple[Network, Network, nn.Module], image: torch.Tensor,
                   passes: MaskedPasses, weighting: str, skip_dead: bool,
                   max_channels: int | None) -> torch.Tensor:
-    """Fast Score-CAM of one image (C, H, W) -> (H, W) float32."""
+    """Fast Score-CAM of one image (C, H, W) -> (H, W) float32.
+
+    ``networks`` are (prefix, features, scoring): the passes mask ``prefix(image)``
+    (the image itself unless ``mask_stage`` > 0) and the maps are
+    ``features(prefix(image))``.
+    """
+    prefix, features, _scoring = networks
     size = (image.shape[-2], image.shape[-1])
-    acts = features(image[None])[0].float().contiguous()
+    masked = prefix(image[None])
+    acts = features(masked)[0].float().contiguous()
     kept = acts[_select_channels(acts, max_channels)]
     constant = constant_channels(kept)
     rows = torch.nonzero(~constant).flatten() if skip_dead else torch.arange(kept.shape[0])
     rows = rows.to(image.device)
     logits = torch.empty(kept.shape[0], dtype=torch.float64, device=image.device)
-    logits[rows] = passes.logits(image, kept, constant, rows)
+    logits[rows] = passes.logits(masked[0], kept, constant, rows)
     if skip_dead and bool(constant.any()):
         logits[constant] = passes.zero_logit()
     base = passes.zero_logit() if weighting == "baseline" else None
@@ -225,49 +233,64 @@ class ScoreCam:
         Classifier with ``features`` (target layer), ``forward`` (logits) and
         ``num_feature_channels``; never modified. Each call puts it in eval
         mode and restores every module's training flag afterwards.
-    batch_size, weighting, skip_dead, max_channels, score_scale, fold_batch_norm, amp, \
-channels_last, workers
+    batch_size, weighting, skip_dead, max_channels, score_scale, mask_stage, \
+fold_batch_norm, amp, channels_last, workers
         See :func:`scorecam`.
 
     Raises
     ------
     ValueError
-        For a bad ``weighting``, ``batch_size``, ``max_channels`` or ``score_scale``
-        (a bad ``workers`` on the first call).
+        For a bad ``weighting``, ``batch_size``, ``max_channels``, ``score_scale``
+        or ``mask_stage`` (a bad ``workers`` on the first call).
     """
 
     def __init__(self, model: ResNetClassifier, batch_size: int | str = 32,
                  weighting: str = "probability", skip_dead: bool = True,
                  max_channels: int | None = None, score_scale: float = 1.0,
-                 fold_batch_norm: bool = True, amp: bool = False, channels_last: bool = True,
-                 workers: int | str = "auto") -> None:
+                 mask_stage: int = 0, fold_batch_norm: bool = True, amp: bool = False,
+                 channels_last: bool = True, workers: int | str = "auto") -> None:
         if weighting not in WEIGHTINGS:
             raise ValueError(f"weighting must be one of {WEIGHTINGS}, got {weighting!r}")
         _check_options(batch_size, max_channels, score_scale)
+        check_mask_stage(model, mask_stage, score_scale)
         self.model = model
         self.batch_size = batch_size
         self.weighting = weighting
         self.skip_dead = skip_dead
         self.max_channels = max_channels
         self.score_scale = score_scale
+        self.mask_stage = mask_stage
         self.fold_batch_norm = fold_batch_norm
         self.amp = amp
         self.channels_last = channels_last
         self.workers = workers
-        self._networks: tuple[Callable[[torch.Tensor], torch.Tensor], nn.Module] | None = None
+        self._networks: tuple[Network, Network, nn.Module] | None = None
+        self._bases: dict[tuple, torch.Tensor] = {}
 
-    def networks(self) -> tuple[Callable[[torch.Tensor], torch.Tensor], nn.Module]:
-        """(features, scoring network) of the passes, built on first use and kept.
+    def networks(self) -> tuple[Network, Network, nn.Module]:
+        """(prefix, features, scoring network) of the passes, built on first use and kept.
 
-        Build them under the classifier's eval mode (a call does).
+        See :func:`~napari_artseg.scorecam_inside.masking_networks`. Build them
+        under the classifier's eval mode (a call does).
         """
-        from .scorecam_tuning import feature_network, scoring_network
-
         if self._networks is None:
-            self._networks = (
-                feature_network(self.model, self.fold_batch_norm, self.channels_last),
-                scoring_network(self.model, self.fold_batch_norm, self.channels_last))
+            self._networks = masking_networks(self.model, self.mask_stage,
+                                              self.fold_batch_norm, self.channels_last)
         return self._networks
+
+    def _base(self, images: torch.Tensor) -> torch.Tensor | None:
+        """``prefix(0)`` for images of this shape (None when the input itself is masked).
+
+        What an all-zero (image-mean) input gives after ``mask_stage``: the masked
+        activations blend towards it. Computed once per image shape and device.
+        """
+        if self.mask_stage == 0:
+            return None
+        key = (tuple(images.shape[1:]), str(images.device), images.dtype)
+        if key not in self._bases:
+            prefix = self.networks()[0]
+            self._bases[key] = prefix(torch.zeros_like(images[:1]))[0].contiguous()
+        return self._bases[key]
 
     def __call__(self, images: torch.Tensor) -> torch.Tensor:
         """Maps in [0, 1], shape (N, H, W), float32, on ``images.device`` (see :func:`scorecam`).
@@ -281,20 +304,25 @@ channels_last, workers
         from .scorecam_tuning import resolve_batch_size
 
         _check_args(images, self.weighting)
-        n, channels, height, width = images.shape
-        size = scoring_size((height, width), self.score_scale)
-        sample = (channels, *size)
+        n, _channels, height, width = images.shape
         k = self.model.num_feature_channels if self.max_channels is None else min(
             self.max_channels, self.model.num_feature_channels)
         count = resolve_workers(self.workers, images.device, k)
         with _EvalMode(self.model), CpuWorkers(count) as pool:
-            features, network = self.networks()
+            networks = self.networks()
             with torch.inference_mode():
-                batch = resolve_batch_size(self.batch_size, network, sample, k, images.device,
-                                           self.amp, self.channels_last, self.model, pool)
-                passes = MaskedPasses(network, channels, size, batch, images, self.amp,
-                                      self.channels_last, pool)
-                maps = [_scorecam_one(features, images[i], passes, self.weighting,
+                base = self._base(images)
+                # what one masked pass scores: (C, h, w) of the image or of the masked stage
+                sample = tuple(images.shape[1:2]) + scoring_size((height, width),
+                                                                 self.score_scale)
+                if base is not None:
+                    sample = tuple(base.shape)
+                batch = resolve_batch_size(self.batch_size, networks[2], sample, k,
+                                           images.device, self.amp, self.channels_last,
+                                           self.model, pool)
+                passes = MaskedPasses(networks[2], sample[0], sample[1:], batch, images,
+                                      self.amp, self.channels_last, pool, base=base)
+                maps = [_scorecam_one(networks, images[i], passes, self.weighting,
                                       self.skip_dead, self.max_channels) for i in range(n)]
                 result = (
                     torch.stack(maps)
@@ -313,6 +341,7 @@ def scorecam(
     skip_dead: bool = True,
     max_channels: int | None = None,
     score_scale: float = 1.0,
+    mask_stage: int = 0,
     fold_batch_norm: bool = True,
     amp: bool = False,
     channels_last: bool = True,
@@ -355,6 +384,12 @@ def scorecam(
         Approximation: score the masked inputs at ``score_scale`` times the
         image size (image area-averaged, maps upsampled to that size); the
         activation maps and the result stay at full size. 1.0 is exact.
+    mask_stage : int
+        Approximation: 0 (exact) masks the input; s from 1 to the target stage
+        masks the activations after stage s instead (blending towards those of an
+        all-zero input), so the masked passes run only the later stages and the
+        head (:mod:`napari_artseg.scorecam_inside`). Needs a ResNet classifier;
+        cannot be combined with ``score_scale`` < 1.
     fold_batch_norm : bool
         Run the features pass and the masked passes through copies of the
         classifier with batch norms folded into the convolutions (same
@@ -386,10 +421,11 @@ def scorecam(
     ------
     ValueError
         For a bad ``weighting``, ``batch_size``, ``max_channels``,
-        ``score_scale`` or ``workers``, or ``images`` that are not 4-D.
+        ``score_scale``, ``mask_stage`` or ``workers``, or ``images`` that are not 4-D.
     """
     return ScoreCam(model, batch_size=batch_size, weighting=weighting, skip_dead=skip_dead,
                     max_channels=max_channels, score_scale=score_scale,
+                    mask_stage=mask_stage,
                     fold_batch_norm=fold_batch_norm, amp=amp, channels_last=channels_last,
                     workers=workers)(images)
 

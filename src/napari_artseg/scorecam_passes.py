@@ -163,12 +163,17 @@ class MaskedPasses:
         :func:`~napari_artseg.device.passes_autocast`); ``channels_last`` buffers.
     workers : CpuWorkers, optional
         Threads that share each image's passes (default: the calling thread).
+    base : torch.Tensor, optional
+        (channels, h, w): what a mask of 0 blends towards (``mask_stage`` > 0: the
+        masked stage's activations of an all-zero input); None for 0 (the input
+        is masked, towards the image mean).
     """
 
     def __init__(self, network: nn.Module, channels: int, size: tuple[int, int], batch: int,
                  like: torch.Tensor, amp: bool, channels_last: bool,
-                 workers: CpuWorkers | None = None) -> None:
+                 workers: CpuWorkers | None = None, base: torch.Tensor | None = None) -> None:
         self.network = network
+        self.base = base
         self.size = size
         self.amp = amp
         self.device = like.device
@@ -187,6 +192,8 @@ class MaskedPasses:
         """The logit of an all-zero (= image mean) input at the scoring size, computed once."""
         if self._zero is None:
             zeros = self.buffers[0][:1].zero_()
+            if self.base is not None:
+                zeros.copy_(self.base[None])
             self._zero = self._forward(zeros).reshape(())
         return self._zero
 
@@ -198,8 +205,11 @@ class MaskedPasses:
         for start in range(0, rows.numel(), chunk):
             part = rows[start : start + chunk]
             masked = buffer[: part.numel()]
-            torch.mul(small[None], masks_in_place(acts[part], constant[part], self.size)[:, None],
-                      out=masked)
+            masks = masks_in_place(acts[part], constant[part], self.size)[:, None]
+            if self.base is None:
+                torch.mul(small[None], masks, out=masked)
+            else:
+                torch.addcmul(self.base[None], small[None], masks, out=masked)
             out[start : start + part.numel()] = self._forward(masked)
         return out
 
@@ -207,10 +217,14 @@ class MaskedPasses:
                rows: torch.Tensor) -> torch.Tensor:
         """float64 logits of ``image`` (C, H, W) masked by the maps ``acts[rows]``.
 
-        The rows are split into one contiguous share per worker.
+        With a ``base``, ``image`` is the masked stage's activations and each masked
+        input is ``base + mask * (image - base)``. The rows are split into one
+        contiguous share per worker.
         """
         small = image
-        if tuple(image.shape[-2:]) != self.size:
+        if self.base is not None:
+            small = image - self.base
+        elif tuple(image.shape[-2:]) != self.size:
             small = F.interpolate(image[None], size=self.size, mode="area")[0]
         shares = torch.tensor_split(rows, len(self.buffers))
         return torch.cat(self.workers.map(

@@ -32,7 +32,10 @@ def test_paper_preset_matches_the_paper():
      ({"tile_halo": 256}, "tile_halo"), ({"fine_tune_lr_factor": 0}, "fine_tune_lr_factor"),
      ({"gate_symmetries": 0}, "gate_symmetries"), ({"gate_symmetries": 9}, "gate_symmetries"),
      ({"classifier_scale_augment": 0}, "classifier_scale_augment"),
-     ({"classifier_scale_augment": 1.5}, "classifier_scale_augment")],
+     ({"classifier_scale_augment": 1.5}, "classifier_scale_augment"),
+     ({"scorecam_mask_stage": -1}, "scorecam_mask_stage"),
+     ({"scorecam_mask_stage": 4}, "scorecam_mask_stage"),  # fast's target stage is 3
+     ({"scorecam_mask_stage": 2, "scorecam_score_scale": 0.5}, "cannot be combined")],
 )
 def test_bad_values_name_the_field(changes, word):
     with pytest.raises(ArtSegError, match=word):

@@ -216,7 +216,7 @@ def test_scorecam_at_an_earlier_stage_equals_the_reference() -> None:
     assert torch.allclose(fast, scorecam_reference(view, image[0]), atol=1e-4)
 
 
-def test_scorecam_runner_passes_score_scale_and_auto_batch_size() -> None:
+def test_scorecam_runner_passes_score_scale_mask_stage_and_auto_batch_size() -> None:
     from napari_artseg.config import ArtSegConfig, preset
     from napari_artseg.saliency import scorecam_runner
     from napari_artseg.scorecam import scorecam
@@ -233,6 +233,10 @@ def test_scorecam_runner_passes_score_scale_and_auto_batch_size() -> None:
     exact = scorecam_runner(net, config.replace(scorecam_score_scale=1.0))(image)
     assert torch.allclose(exact, scorecam(net, image, batch_size=4), atol=1e-5)
     assert not torch.equal(coarse, exact)  # the reduced resolution reached scorecam()
+    inside = scorecam_runner(net, config.replace(scorecam_score_scale=1.0, scorecam_mask_stage=2))
+    assert inside.mask_stage == 2
+    assert torch.allclose(inside(image), scorecam(net, image, batch_size=4, mask_stage=2),
+                          atol=1e-5)
     assert scorecam_runner(net, config).amp is False  # exact unless asked for
     rounded = ArtSegConfig.from_dict({**config.to_dict(), "scorecam_amp": True})
     assert scorecam_runner(net, rounded).amp is True

@@ -15,7 +15,11 @@ from napari_artseg.training import pseudo_labels, saliency_cache
 from napari_artseg.training.classifier import build_classifier
 from napari_artseg.training.data import load_training_items
 from napari_artseg.training.pseudo_labels import saliency_maps
-from napari_artseg.training.saliency_cache import SaliencyCache, default_cache_folder
+from napari_artseg.training.saliency_cache import (
+    SaliencyCache,
+    default_cache_folder,
+    scorecam_settings,
+)
 
 CPU = torch.device("cpu")
 
@@ -111,6 +115,19 @@ def test_a_changed_classifier_or_setting_misses(images, tmp_path, counted):
     cache = SaliencyCache(tmp_path / "c", classifier, rounded, folder, CPU)
     _maps(classifier, items, rounded, cache)
     assert len(counted) == 20 and cache.hits == 0
+    inside = config.replace(scorecam_mask_stage=2)  # masking inside: other maps
+    cache = SaliencyCache(tmp_path / "c", classifier, inside, folder, CPU)
+    _maps(classifier, items, inside, cache)
+    assert len(counted) == 24 and cache.hits == 0
+
+
+def test_settings_added_later_keep_earlier_keys():
+    """A cache written before ``scorecam_mask_stage`` existed has no such setting in its
+    key: at 0 (the maps of before) it stays out, so that cache is still found."""
+    config = preset("tiny")
+    settings = scorecam_settings(config)
+    assert "scorecam_mask_stage" not in settings and "scorecam_stage" in settings
+    assert scorecam_settings(config.replace(scorecam_mask_stage=2))["scorecam_mask_stage"] == 2
 
 
 def test_images_are_known_by_content(images, tmp_path, counted):

@@ -49,6 +49,9 @@ _FORMAT = 1
 _CHUNK = 1 << 20
 #: Score-CAM settings that change only how fast a map is made, not the map.
 BATCH_ONLY = ("scorecam_batch_size",)
+#: Score-CAM settings added after caches were first written, with the value that gives the
+#: maps of before: at that value they are left out of the key, so those caches stay valid.
+ADDED_LATER = {"scorecam_mask_stage": 0}
 
 
 def state_dict_hash(module: torch.nn.Module) -> str:
@@ -74,6 +77,9 @@ def scorecam_settings(config: ArtSegConfig) -> dict[str, Any]:
     """The settings a training image's Score-CAM map depends on, besides the classifier."""
     fields = {f.name: getattr(config, f.name) for f in dataclasses.fields(config)
               if f.name.startswith("scorecam_") and f.name not in BATCH_ONLY}
+    for name, before in ADDED_LATER.items():
+        if fields[name] == before:
+            del fields[name]
     return {**fields, "input_size": config.input_size, "scale": config.scale,
             "normalization": config.normalization}
 
