@@ -11,8 +11,9 @@ target layer (the model's own with ``--model``), and the same views:
    networks at every call; one pass stream using every thread instead of one
    single-thread worker per thread; batch norms not folded; row-major instead of
    ``channels_last``), and the batch size that ``batch_size="auto"`` measures;
-3. approximations (top-N channels, reduced-resolution scoring, bf16 masked passes
-   where the device has bf16 units, and combinations) vs exact: speed-up (target
+3. approximations (top-N channels, reduced-resolution scoring, masking after an early
+   stage, bf16 masked passes where the device has bf16 units, and combinations) vs
+   exact: speed-up (target
    >= 8x) and pseudo-mask IoU against the true synthetic masks (target within 0.02
    of exact), pooled over the held-out artifact views with three binarisation
    rules: as training does by default, every view cut at Otsu's threshold of all
@@ -29,6 +30,10 @@ Usage::
     python benchmarks/bench_scorecam.py --threads 1 \
         --json benchmarks/results/perf_scorecam_1thread.json
     python benchmarks/bench_scorecam.py --model path/to/model_folder
+    python benchmarks/bench_scorecam.py --model path/to/model_folder --modes inside
+
+``--modes inside`` times only exact and the modes that mask after a stage
+(``inside-bf16``: those of them with bf16 passes).
 """
 
 from __future__ import annotations
@@ -40,6 +45,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import NamedTuple
 
 import torch
 
@@ -64,11 +70,69 @@ from napari_artseg.training.pseudo_labels import (
     otsu_pseudo_threshold,
 )
 
-#: (bf16 passes, top-N channels, scoring scale) of every approximate mode measured.
-APPROXIMATIONS = ((False, 16, 1.0), (False, 8, 1.0), (False, None, 0.5),
-                  (False, None, 0.25), (False, None, 0.125), (False, 16, 0.5),
-                  (False, 16, 0.25), (False, 8, 0.25), (False, 8, 0.125), (True, None, 1.0),
-                  (True, 16, 1.0), (True, 8, 1.0), (True, None, 0.5), (True, 8, 0.125))
+
+class Mode(NamedTuple):
+    """One Score-CAM mode: exact with the defaults, else the approximations it combines."""
+
+    top: int | None = None
+    scale: float = 1.0
+    stage: int = 0
+    amp: bool = False
+
+    @property
+    def name(self) -> str:
+        """E.g. ``"top-8 channels + masked after stage 2"``; ``"exact"`` for none."""
+        parts = ((["bf16 passes"] if self.amp else [])
+                 + ([f"top-{self.top} channels"] if self.top else [])
+                 + ([f"score at {self.scale:g}x"] if self.scale < 1 else [])
+                 + ([f"masked after stage {self.stage}"] if self.stage else []))
+        return " + ".join(parts) or "exact"
+
+    def runner(self, classifier, **options) -> ScoreCam:
+        """A ``ScoreCam`` of ``classifier`` in this mode (``options``: the others)."""
+        return ScoreCam(classifier, max_channels=self.top, score_scale=self.scale,
+                        mask_stage=self.stage, amp=self.amp, **options)
+
+
+#: Every approximate mode measured.
+APPROXIMATIONS = (Mode(16), Mode(8), Mode(scale=0.5), Mode(scale=0.25), Mode(scale=0.125),
+                  Mode(16, 0.5), Mode(16, 0.25), Mode(8, 0.25), Mode(8, 0.125),
+                  Mode(stage=2), Mode(16, stage=2), Mode(8, stage=2), Mode(stage=3),
+                  Mode(16, stage=3), Mode(8, stage=3),
+                  Mode(amp=True), Mode(16, amp=True), Mode(8, amp=True),
+                  Mode(scale=0.5, amp=True), Mode(8, 0.125, amp=True),
+                  Mode(stage=2, amp=True), Mode(16, stage=2, amp=True),
+                  Mode(8, stage=2, amp=True), Mode(16, stage=3, amp=True))
+
+
+def target_stage(classifier) -> int:
+    """The stage whose activations are the classifier's Score-CAM maps (4: the last)."""
+    return getattr(classifier, "stage", 4)
+
+
+def add_modes_argument(parser: argparse.ArgumentParser) -> None:
+    """``--modes``: every approximate mode, or only those that mask after a stage."""
+    parser.add_argument("--modes", choices=("all", "inside", "inside-bf16"), default="all",
+                        help="inside: only exact and the modes that mask after a stage; "
+                             "inside-bf16: exact and those of them with bf16 passes")
+
+
+def selected(modes, which: str, classifier, bf16: bool = False) -> list[Mode]:
+    """The modes to run on ``classifier``.
+
+    Those it can run (a mask stage up to its target stage; bf16 passes only where
+    ``bf16``), and of them: all (``which="all"``), exact and those that mask after a
+    stage (``"inside"``), or exact and those that mask after a stage with bf16 passes
+    (``"inside-bf16"``).
+    """
+    def wanted(mode: Mode) -> bool:
+        if which == "all" or mode == Mode():
+            return True
+        return bool(mode.stage) and (which == "inside" or mode.amp)
+
+    return [mode for mode in modes
+            if mode.stage <= target_stage(classifier) and (bf16 or not mode.amp)
+            and wanted(mode)]
 
 
 def make_set(folder: Path, n: int, size: int, seed: int) -> Path:
@@ -232,6 +296,7 @@ def main() -> None:
     parser.add_argument("--work", default=os.path.join(tempfile.gettempdir(), "artseg-bench",
                                                          "scorecam"))
     parser.add_argument("--json", help="default: benchmarks/results/perf_scorecam[_quick].json")
+    add_modes_argument(parser)
     args = parser.parse_args()
     load_at_start = os.getloadavg()
     suffix = ("_quick" if args.quick else "") + (
@@ -298,14 +363,8 @@ def main() -> None:
     # 2. approximations vs exact: speed and pseudo-mask IoU
     approx = {"exact, batch auto": exact["exact, batch auto"]}
     bf16 = device.type == "cuda" or native_bf16_cpu()
-    for amp, n_top, scale in APPROXIMATIONS:
-        if amp and not bf16:
-            continue
-        name = " + ".join((["bf16 passes"] if amp else [])
-                          + ([f"top-{n_top} channels"] if n_top else [])
-                          + ([f"score at {scale:g}x"] if scale < 1 else []))
-        approx[name] = ScoreCam(classifier, batch_size="auto", max_channels=n_top,
-                                score_scale=scale, weighting=weighting, amp=amp)
+    for mode in selected(APPROXIMATIONS, args.modes, classifier, bf16):
+        approx[mode.name] = mode.runner(classifier, batch_size="auto", weighting=weighting)
     if not bf16:
         print("bf16 modes skipped: this CPU has no bf16 units (emulated bf16 is slower)",
               flush=True)

@@ -26,18 +26,23 @@ import torch
 
 from bench_common import machine, run_main
 from bench_scorecam import (
+    Mode,
     add_model_view_arguments,
+    add_modes_argument,
     difference_interval,
     model_classifier,
     pseudo_ious,
+    selected,
     test_views,
 )
 from napari_artseg.atomic import atomic_write_text
-from napari_artseg.scorecam import ScoreCam
+from napari_artseg.device import native_bf16_cpu
 
-#: (top-N channels, scoring scale) of every mode scored; the first is exact.
-MODES = ((None, 1.0), (None, 0.5), (None, 0.25), (None, 0.125), (16, 1.0), (8, 1.0),
-         (16, 0.25), (8, 0.25), (8, 0.125), (16, 0.125))
+#: Every mode scored; the first is exact.
+MODES = (Mode(), Mode(scale=0.5), Mode(scale=0.25), Mode(scale=0.125), Mode(16), Mode(8),
+         Mode(16, 0.25), Mode(8, 0.25), Mode(8, 0.125), Mode(16, 0.125),
+         Mode(stage=2), Mode(16, stage=2), Mode(8, stage=2), Mode(stage=3), Mode(16, stage=3),
+         Mode(8, stage=3), Mode(stage=2, amp=True), Mode(16, stage=2, amp=True))
 
 
 def main() -> int:
@@ -46,6 +51,7 @@ def main() -> int:
     add_model_view_arguments(parser)
     parser.add_argument("--quick", action="store_true", help="60 held-out images (30 views)")
     parser.add_argument("--json", help="default: benchmarks/results/perf_scorecam_iou.json")
+    add_modes_argument(parser)
     args = parser.parse_args()
     if args.quick:
         args.n_test = 60
@@ -56,20 +62,22 @@ def main() -> int:
     device = torch.device("cpu")
     rows, exact = [], None
     print(f"{len(data)} artifact views; pooled-Otsu IoU, change from exact (95 % interval)")
-    for top, scale in MODES:
-        cam = ScoreCam(classifier, batch_size=32, max_channels=top, score_scale=scale)
+    bf16 = native_bf16_cpu()
+    if not bf16:
+        print("bf16 modes skipped: this CPU has no bf16 units (emulated bf16 is slower)")
+    for mode in selected(MODES, args.modes, classifier, bf16):
+        cam = mode.runner(classifier, batch_size=32)
         maps = [cam(view[None])[0] for view, _ in data]
         ious = pseudo_ious(classifier, data, maps, device)
         exact = exact or ious
         low, high = difference_interval(ious["otsu_counts"], exact["otsu_counts"])
-        row = {"top": top, "scale": scale, "iou_otsu": ious["otsu"],
+        row = {"top": mode.top, "scale": mode.scale, "mask_stage": mode.stage, "amp": mode.amp,
+               "iou_otsu": ious["otsu"],
                "iou_otsu_minus_exact": ious["otsu"] - exact["otsu"],
                "iou_otsu_minus_exact_95ci": [low, high],
                "n_views_called_artifact": ious["n_called_artifact"]}
         rows.append(row)
-        name = " + ".join(([f"top-{top} channels"] if top else [])
-                          + ([f"score at {scale:g}x"] if scale < 1 else [])) or "exact"
-        print(f"| {name} | {row['iou_otsu']:.3f} | {row['iou_otsu_minus_exact']:+.3f} | "
+        print(f"| {mode.name} | {row['iou_otsu']:.3f} | {row['iou_otsu_minus_exact']:+.3f} | "
               f"{low:+.3f} to {high:+.3f} |", flush=True)
     report = {"command": " ".join(["python", *sys.argv]), "machine": machine(),
               "args": vars(args), "n_iou_views": len(data), "modes": rows}
