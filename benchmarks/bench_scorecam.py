@@ -59,6 +59,7 @@ from napari_artseg.model_files import load_weights, read_model_document
 from napari_artseg.models.resnet import cam_target
 from napari_artseg.normalize import mask_to_scale
 from napari_artseg.scorecam import ScoreCam, scorecam, scorecam_reference
+from napari_artseg.scorecam_inside import resnet_and_target
 from napari_artseg.scorecam_passes import CpuWorkers, resolve_workers
 from napari_artseg.scorecam_tuning import clear_cache, resolve_batch_size, scoring_network
 from napari_artseg.synth import write_dataset
@@ -105,11 +106,6 @@ APPROXIMATIONS = (Mode(16), Mode(8), Mode(scale=0.5), Mode(scale=0.25), Mode(sca
                   Mode(8, stage=2, amp=True), Mode(16, stage=3, amp=True))
 
 
-def target_stage(classifier) -> int:
-    """The stage whose activations are the classifier's Score-CAM maps (4: the last)."""
-    return getattr(classifier, "stage", 4)
-
-
 def add_modes_argument(parser: argparse.ArgumentParser) -> None:
     """``--modes``: every approximate mode, or only those that mask after a stage."""
     parser.add_argument("--modes", choices=("all", "inside", "inside-bf16"), default="all",
@@ -131,7 +127,7 @@ def selected(modes, which: str, classifier, bf16: bool = False) -> list[Mode]:
         return bool(mode.stage) and (which == "inside" or mode.amp)
 
     return [mode for mode in modes
-            if mode.stage <= target_stage(classifier) and (bf16 or not mode.amp)
+            if mode.stage <= resnet_and_target(classifier)[1] and (bf16 or not mode.amp)
             and wanted(mode)]
 
 

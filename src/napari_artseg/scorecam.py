@@ -304,7 +304,7 @@ fold_batch_norm, amp, channels_last, workers
         from .scorecam_tuning import resolve_batch_size
 
         _check_args(images, self.weighting)
-        n, _channels, height, width = images.shape
+        n, channels, height, width = images.shape
         k = self.model.num_feature_channels if self.max_channels is None else min(
             self.max_channels, self.model.num_feature_channels)
         count = resolve_workers(self.workers, images.device, k)
@@ -313,10 +313,8 @@ fold_batch_norm, amp, channels_last, workers
             with torch.inference_mode():
                 base = self._base(images)
                 # what one masked pass scores: (C, h, w) of the image or of the masked stage
-                sample = tuple(images.shape[1:2]) + scoring_size((height, width),
-                                                                 self.score_scale)
-                if base is not None:
-                    sample = tuple(base.shape)
+                sample = (tuple(base.shape) if base is not None
+                          else (channels, *scoring_size((height, width), self.score_scale)))
                 batch = resolve_batch_size(self.batch_size, networks[2], sample, k,
                                            images.device, self.amp, self.channels_last,
                                            self.model, pool)
