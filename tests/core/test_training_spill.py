@@ -13,7 +13,13 @@ from napari_artseg.config import ArtSegConfig, preset
 from napari_artseg.errors import ArtSegError
 from napari_artseg.labels_file import read_labels_csv
 from napari_artseg.training import train_pipeline
-from napari_artseg.training.data import TrainingItem, load_training_items
+from napari_artseg.training.classifier import (
+    build_classifier,
+    classifier_probabilities,
+    global_views,
+)
+from napari_artseg.training.data import TrainingItem, derived_bytes, load_training_items
+from napari_artseg.training.pseudo_labels import saliency_maps
 from napari_artseg.training.spill import (
     TensorSpill,
     available_memory_bytes,
@@ -49,8 +55,9 @@ def test_images_past_the_budget_go_to_disk_with_the_same_values(tiny_dataset, tm
     labels = read_labels_csv(tiny_dataset / "labels.csv").labels
     config = preset("tiny")
     plain, _ = _drain(load_training_items(tiny_dataset / "images", labels, config))
-    one_image = 2 * plain[0].image.numel() * 4  # an image and a target of its size
-    spill = TensorSpill(tmp_path / ".spill", budget=3 * one_image)
+    # an image, a target of its size, and what training derives from it
+    needs = [2 * p.image.numel() * 4 + derived_bytes(p.image, p.label, config) for p in plain]
+    spill = TensorSpill(tmp_path / ".spill", budget=sum(needs[:3]))
     items, _ = _drain(load_training_items(tiny_dataset / "images", labels, config,
                                           spill=spill))
     on_disk = [item for item in items if item.spill is not None]
@@ -70,6 +77,43 @@ def test_images_past_the_budget_go_to_disk_with_the_same_values(tiny_dataset, tm
     spill.close()
     assert not (tmp_path / ".spill").exists()
     assert float(item.target.max()) == 0.25  # mapped values stay readable after the files go
+
+
+def test_derived_bytes_count_the_view_and_an_artifact_images_map_and_rasters():
+    config = preset("tiny")  # 64 px views
+    image = torch.zeros(1, 48, 40)
+    assert derived_bytes(image, 0, config) == 4 * 64 * 64
+    assert derived_bytes(image, 1, config) == (4 + 4 + 1) * 64 * 64 + 48 * 40
+
+
+def test_views_and_maps_of_images_on_disk_stay_on_disk(tiny_dataset, tmp_path):
+    labels = read_labels_csv(tiny_dataset / "labels.csv").labels
+    config = preset("tiny")
+    plain, _ = _drain(load_training_items(tiny_dataset / "images", labels, config))
+    spill = TensorSpill(tmp_path / ".spill", budget=0)
+    items, _ = _drain(load_training_items(tiny_dataset / "images", labels, config,
+                                          spill=spill))
+
+    def files():
+        return len(list((tmp_path / ".spill").glob("*.npy")))
+
+    assert files() == len(items)
+    views = global_views(items, config)
+    assert files() == 2 * len(items)  # one view per image, beside it
+    expected = global_views(plain, config)
+    assert all(torch.equal(mine, theirs) for mine, theirs in zip(views, expected, strict=True))
+    assert global_views(plain[:2], config) and files() == 2 * len(items)  # in memory: no file
+    classifier = build_classifier(config).eval()
+    cpu = torch.device("cpu")
+    np.testing.assert_array_equal(  # batches stacked from the list: the same P(artifact)
+        classifier_probabilities(classifier, views, cpu, batch_size=5),
+        classifier_probabilities(classifier, torch.stack(expected), cpu, batch_size=5))
+    artifact = [i for i, item in enumerate(items) if item.label == 1]
+    maps = _drain(saliency_maps(classifier, items, artifact, config, cpu))
+    assert files() == 2 * len(items) + len(artifact)
+    theirs = _drain(saliency_maps(classifier, plain, artifact, config, cpu))
+    assert all(torch.equal(maps[i], theirs[i]) for i in artifact)
+    spill.close()
 
 
 def test_a_disk_that_cannot_take_the_images_gives_one_clear_line(tmp_path):
@@ -102,7 +146,9 @@ def test_training_from_disk_gives_the_same_model_and_leaves_nothing(tiny_dataset
     spilled = config.replace(memory_budget_gb=1e-6)  # 1 kB: every image goes to disk
     out = _drain(train_pipeline(tiny_dataset / "images", labels, tmp_path / "disk", spilled),
                  watch)
-    assert seen_on_disk and seen_on_disk[0] >= 16  # 16 images (targets on disk too)
+    artifact = sum(word == "artifact" for word in labels.values())
+    # 16 images and their views, the artifact images' Score-CAM maps; targets and rasters too
+    assert seen_on_disk and seen_on_disk[0] >= 16 + 16 + artifact
     assert _spill_folders(tmp_path) == []
     for part in ("classifier", "unet"):
         mine = load_file(str(out / f"{part}.safetensors"))

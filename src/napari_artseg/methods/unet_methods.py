@@ -178,13 +178,14 @@ class CDL(Method):
             target = (mask_to_scale(mask, tuple(image.shape[-2:])) >= 0.5).float()
             item = TrainingItem(key, int(bool(target.any())), image, loaded.data.shape, target,
                                 curated)
-            if not spill.fits(image):
+            if not spill.fits(image, image.shape[-2] * image.shape[-1]):  # + the uint8 raster
                 item.move_to(spill)
             items.append(item)
             if not curated:
                 targets[len(items) - 1] = "cdl"
                 stem = Path(key).with_suffix("").as_posix()
-                run.rasters[f"cdl_labels/{stem}.tif"] = target[0].numpy().astype(np.uint8)
+                raster = torch.from_numpy(target[0].numpy().astype(np.uint8))
+                run.rasters[f"cdl_labels/{stem}.tif"] = item.hold(raster, "cdl_raster").numpy()
             yield ProgressEvent("cdl_labels", done, len(keys), message=key)
         yield from spill_report(items, spill)
         run.metadata.update(pixel_size_um=pixel_size or config.pixel_size_um,

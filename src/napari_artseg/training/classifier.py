@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Generator
+from collections.abc import Generator, Sequence
 
 import numpy as np
 import torch
@@ -26,20 +26,31 @@ def build_classifier(config: ArtSegConfig) -> ResNetClassifier:
     )
 
 
-def global_views(items: list[TrainingItem], config: ArtSegConfig) -> torch.Tensor:
-    """Stack the classifier views (N, 1, S, S) of some items."""
-    return torch.stack([global_view(item.image, config.input_size) for item in items])
+def global_views(items: list[TrainingItem], config: ArtSegConfig) -> list[torch.Tensor]:
+    """The classifier views (1, S, S) of some items, one per item.
+
+    An item kept on disk (past the memory budget) keeps its view there too,
+    memory-mapped (:meth:`.data.TrainingItem.hold`).
+    """
+    return [item.hold(global_view(item.image, config.input_size), "view") for item in items]
+
+
+def _stack(views: Sequence[torch.Tensor] | torch.Tensor) -> torch.Tensor:
+    """(N, C, S, S) from a stack or from a sequence of (C, S, S) views."""
+    return views if isinstance(views, torch.Tensor) else torch.stack(list(views))
 
 
 @torch.inference_mode()
 def classifier_probabilities(
-    model: ResNetClassifier, views: torch.Tensor, device: torch.device, batch_size: int = 16,
-    amp: bool = True, symmetries: int = 1,
+    model: ResNetClassifier, views: Sequence[torch.Tensor] | torch.Tensor, device: torch.device,
+    batch_size: int = 16, amp: bool = True, symmetries: int = 1,
 ) -> np.ndarray:
-    """P(artifact) for a stack of views (N, 1, S, S), computed in batches.
+    """P(artifact) for views (N, 1, S, S), computed in batches.
 
-    With ``symmetries`` > 1 each view's P(artifact) is the mean over that many of the
-    square's symmetries (the gate's test-time augmentation, ``gate_symmetries``).
+    ``views`` is a stack or a sequence of (1, S, S) views (:func:`global_views`);
+    only one batch of them is stacked at a time. With ``symmetries`` > 1 each
+    view's P(artifact) is the mean over that many of the square's symmetries (the
+    gate's test-time augmentation, ``gate_symmetries``).
     """
     model.eval()
 
@@ -49,7 +60,8 @@ def classifier_probabilities(
 
     out = []
     for start in range(0, len(views), batch_size):
-        out.append(symmetry_mean(probability, views[start:start + batch_size], symmetries).cpu())
+        batch = _stack(views[start:start + batch_size])
+        out.append(symmetry_mean(probability, batch, symmetries).cpu())
     return torch.cat(out).numpy() if out else np.zeros(0, dtype=np.float32)
 
 
@@ -86,7 +98,7 @@ def train_classifier(
         order = rank_share(order)  # this rank's part (all of it in one process)
         for start in range(0, len(order), per_step):
             chosen = order[start:start + per_step]
-            x = views[chosen]
+            x = torch.stack([views[i] for i in chosen])
             if config.augment:
                 ks = torch.randint(0, 8, (len(chosen),), generator=augmenter).tolist()
                 x = torch.stack([d4(v, k) for v, k in zip(x, ks, strict=True)])
@@ -96,7 +108,8 @@ def train_classifier(
         return F.binary_cross_entropy_with_logits(logits, batch[1])
 
     def validate(net: torch.nn.Module) -> dict[str, float]:
-        probs = classifier_probabilities(net, views[val_idx], device, amp=config.amp)
+        probs = classifier_probabilities(net, [views[i] for i in val_idx], device,
+                                         amp=config.amp)
         truth = labels[val_idx].numpy()
         clipped = np.clip(probs, 1e-7, 1 - 1e-7)
         loss = float(-np.mean(truth * np.log(clipped) + (1 - truth) * np.log(1 - clipped)))

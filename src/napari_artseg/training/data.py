@@ -62,6 +62,19 @@ class TrainingItem:
             value = spill.keep(value, (self.key, name))
         object.__setattr__(self, name, value)
 
+    def hold(self, tensor: torch.Tensor, name: str) -> torch.Tensor:
+        """``tensor`` kept with this item: memory-mapped from its spill when it has one.
+
+        For what training derives from the image and holds for a while (the
+        classifier's view, the Score-CAM map, the rasters saved with the model),
+        so that an item past the memory budget has all of its data on disk.
+        ``name`` names the slot: holding again under the same name replaces the
+        earlier file.
+        """
+        if self.spill is None:
+            return tensor
+        return self.spill.keep(tensor, (self.key, name))
+
     def move_to(self, spill: TensorSpill) -> None:
         """Keep this item's image and target (and any later target) in ``spill``'s files."""
         self.spill = spill
@@ -86,8 +99,9 @@ def load_training_items(
 
     Yields progress; returns ``(items, pixel_size_um)`` where the pixel size is the
     first one found in the files (or None). With a ``spill``, the images that do
-    not fit its memory budget (with a target of their size) are kept on disk,
-    memory-mapped (:mod:`napari_artseg.training.spill`).
+    not fit its memory budget (with a target of their size and what training
+    derives from them, :func:`derived_bytes`) are kept on disk, memory-mapped
+    (:mod:`napari_artseg.training.spill`).
 
     Raises
     ------
@@ -115,12 +129,27 @@ def load_training_items(
                 )
             item.target = mask_to_scale(mask, tuple(image.shape[-2:]))
             item.curated = True
-        if spill is not None and not spill.fits(image):
+        if spill is not None and not spill.fits(image, derived_bytes(image, item.label, config)):
             item.move_to(spill)
         items.append(item)
         yield ProgressEvent("data", done, len(chosen), message=f"read {key}")
     yield from spill_report(items, spill)
     return items, pixel_size
+
+
+def derived_bytes(image: torch.Tensor, label: int, config: ArtSegConfig) -> int:
+    """Bytes training derives from one image and holds beside it and its target.
+
+    Every image: the classifier's view (float32, ``input_size`` squared). An
+    artifact image also: its Score-CAM map (float32, the view's size) and the
+    rasters saved with the model (the map and the pseudo-label as uint8, at the
+    view's size and at the image's). The methods that make no Score-CAM maps are
+    counted the same: the budget errs towards the disk.
+    """
+    view = config.input_size ** 2
+    if label != 1:
+        return 4 * view
+    return 4 * view + 4 * view + view + image.shape[-2] * image.shape[-1]
 
 
 def count_on_disk(items: list[TrainingItem]) -> int:

@@ -97,15 +97,25 @@ def _manifest(items: list[TrainingItem], val_idx: list[int],
     return rows
 
 
+def _held_raster(item: TrainingItem, array: np.ndarray, name: str) -> np.ndarray:
+    """``array`` kept with ``item`` (on disk when the item is)."""
+    return item.hold(torch.from_numpy(array), name).numpy()
+
+
 def _rasters(items: list[TrainingItem], maps: dict[int, torch.Tensor]) -> dict[str, np.ndarray]:
-    """Score-CAM maps (uint8 0-255) and pseudo-labels (uint8 0/1) as TIFFs for the folder."""
+    """Score-CAM maps (uint8 0-255) and pseudo-labels (uint8 0/1) as TIFFs for the folder.
+
+    Those of an item kept on disk are kept there too (:meth:`.data.TrainingItem.hold`).
+    """
     out: dict[str, np.ndarray] = {}
     for index, saliency in maps.items():
         item = items[index]
         stem = Path(item.key).with_suffix("").as_posix()
-        out[f"saliency/{stem}.tif"] = (saliency.numpy() * 255).round().astype(np.uint8)
+        out[f"saliency/{stem}.tif"] = _held_raster(
+            item, (saliency.numpy() * 255).round().astype(np.uint8), "saliency_raster")
         if item.target is not None and not item.curated:
-            out[f"pseudo_labels/{stem}.tif"] = (item.target[0].numpy() >= 0.5).astype(np.uint8)
+            out[f"pseudo_labels/{stem}.tif"] = _held_raster(
+                item, (item.target[0].numpy() >= 0.5).astype(np.uint8), "pseudo_label_raster")
     return out
 
 

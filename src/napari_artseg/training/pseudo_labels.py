@@ -55,7 +55,8 @@ def saliency_maps(
 
     Yields one progress event per image; returns ``{index: map}`` on the CPU.
     In a process group each rank computes a share of the maps and all ranks
-    return all of them (:mod:`.ddp`). With a ``cache`` (made for this
+    return all of them (:mod:`.ddp`). The map of an item kept on disk is kept
+    there too (:meth:`.data.TrainingItem.hold`). With a ``cache`` (made for this
     classifier and config) a map found there is used as it is and a computed
     one is stored.
     """
@@ -72,11 +73,13 @@ def saliency_maps(
             found = runner(view)[0].float().cpu()
             if cache is not None:
                 cache.store(key, found)
-        maps[index] = found
+        maps[index] = items[index].hold(found, "saliency")
         yield ProgressEvent("pseudo_labels", done, len(mine),
                             message=f"{key} (cached)" if hit else key)
-    gathered = gather_dict(maps)
-    return {index: gathered[index] for index in indices}
+    gathered = gather_dict(maps)  # the other ranks' maps are held here too
+    return {index: maps[index] if index in maps else items[index].hold(gathered[index],
+                                                                        "saliency")
+            for index in indices}
 
 
 def to_item_scale(saliency: torch.Tensor, item: TrainingItem) -> torch.Tensor:

@@ -1,15 +1,15 @@
 """Training images that do not fit in memory: kept on disk, memory-mapped.
 
-Training (ScoreCAM-U-Net, supervised U-Net) holds every labelled image at the
-processing scale, and its U-Net target of the same size, for the whole run
-(docs/performance.md, "Training throughput"). A screen of large images can hold
-more than the machine's memory. A :class:`TensorSpill` counts the bytes the images
-(and their future targets) take and, once the next image would pass
+Training holds every labelled image at the processing scale, and its U-Net target
+of the same size, for the whole run, and for a while what it derives from them
+(the classifier's views, Score-CAM maps, the rasters saved with the model;
+docs/performance.md, "Training throughput"). A screen of many or large images can
+hold more than the machine's memory. A :class:`TensorSpill` counts the bytes each
+image takes with its target and derived data and, when they would pass
 ``memory_budget_gb`` (by default a quarter of the memory available when training
-starts, within a container's or job's cgroup limit), keeps that image and every
-later one in ``.npy`` files memory-mapped back: the values are the same, so
-training gives the same model, and the operating system pages them in and out as
-crops are drawn.
+starts, within a container's or job's cgroup limit), keeps that image's tensors in
+``.npy`` files memory-mapped back: the values are the same, so training gives the
+same model, and the operating system pages them in and out as they are read.
 
 The files live in a hidden folder beside the model folder (``.<model>.spill-<pid>``),
 on the same disk, never in a RAM-backed temporary folder; :meth:`TensorSpill.close`
@@ -155,7 +155,8 @@ class TensorSpill:
     folder : path-like
         Where spilled tensors go (created on first use, deleted by :meth:`close`).
     budget : int or None
-        Bytes the in-memory images and their targets may take; None: no limit.
+        Bytes the in-memory images, their targets and what training derives from
+        them may take; None: no limit.
     """
 
     def __init__(self, folder: str | os.PathLike, budget: int | None) -> None:
@@ -176,9 +177,10 @@ class TensorSpill:
         remove_orphans(out.parent)
         return cls(out.parent / f".{out.name}{MARK}{os.getpid()}", budget_bytes(memory_budget_gb))
 
-    def fits(self, image: torch.Tensor) -> bool:
-        """Whether an image and a target of its size stay in memory; counts them if so."""
-        need = 2 * image.numel() * image.element_size()
+    def fits(self, image: torch.Tensor, extra: int = 0) -> bool:
+        """Whether an image, a target of its size and ``extra`` bytes derived from it stay in
+        memory; counts them if so."""
+        need = 2 * image.numel() * image.element_size() + extra
         if self.budget is not None and self.in_memory + need > self.budget:
             return False
         self.in_memory += need
