@@ -33,7 +33,9 @@ Usage::
     python benchmarks/bench_scorecam.py --model path/to/model_folder --modes inside
 
 ``--modes inside`` times only exact and the modes that mask after a stage
-(``inside-bf16``: those of them with bf16 passes).
+(``inside-bf16``: those of them with bf16 passes); ``--modes exact`` runs parts 1 and 2
+only (no approximations, no IoU), e.g. with more ``--rounds`` to repeat the exact
+speed-up.
 """
 
 from __future__ import annotations
@@ -108,9 +110,11 @@ APPROXIMATIONS = (Mode(16), Mode(8), Mode(scale=0.5), Mode(scale=0.25), Mode(sca
 
 def add_modes_argument(parser: argparse.ArgumentParser) -> None:
     """``--modes``: every approximate mode, or only those that mask after a stage."""
-    parser.add_argument("--modes", choices=("all", "inside", "inside-bf16"), default="all",
+    parser.add_argument("--modes", choices=("all", "inside", "inside-bf16", "exact"),
+                        default="all",
                         help="inside: only exact and the modes that mask after a stage; "
-                             "inside-bf16: exact and those of them with bf16 passes")
+                             "inside-bf16: exact and those of them with bf16 passes; exact: "
+                             "no approximations (exact against the reference only)")
 
 
 def selected(modes, which: str, classifier, bf16: bool = False) -> list[Mode]:
@@ -272,6 +276,47 @@ def pseudo_ious(classifier, data, maps, device) -> dict[str, float]:
             "n_called_artifact": len(own)}
 
 
+def approximation_rows(args, classifier, exact_runner, data, views, speed_views,
+                       device) -> list[dict]:
+    """Part 2: each approximate mode against exact (the first row): speed on ``speed_views``,
+    map differences and pseudo-mask IoU on every view."""
+    weighting = args.weighting
+    approx = {"exact, batch auto": exact_runner}
+    bf16 = device.type == "cuda" or native_bf16_cpu()
+    for mode in selected(APPROXIMATIONS, args.modes, classifier, bf16):
+        approx[mode.name] = mode.runner(classifier, batch_size="auto", weighting=weighting)
+    if not bf16:
+        print("bf16 modes skipped: this CPU has no bf16 units (emulated bf16 is slower)",
+              flush=True)
+    for fn in approx.values():  # each mode's networks and auto batch size before timing
+        fn(speed_views[0][None])
+    print("approximate modes (s/image):", flush=True)
+    approx_speed, _ = interleaved(approx, speed_views, args.rounds)
+    rows = []
+    exact_all: list[torch.Tensor] = []
+    exact_counts = None
+    for name, fn in approx.items():
+        _, maps = timed(fn, views)
+        maps = [m.cpu() for m in maps]
+        exact_all = exact_all or maps
+        diff = torch.stack([(a - b).abs() for a, b in zip(maps, exact_all, strict=True)])
+        ious = pseudo_ious(classifier, data, maps, device)
+        exact_counts = ious["otsu_counts"] if exact_counts is None else exact_counts
+        low, high = difference_interval(ious["otsu_counts"], exact_counts)
+        rows.append({"mode": name, "s_per_image": approx_speed[name],
+                     "iou_otsu_minus_exact_95ci": [low, high],
+                     "max_abs_diff_vs_exact": float(diff.max()),
+                     "mean_abs_diff_vs_exact": float(diff.mean()),
+                     "speedup_vs_exact": approx_speed["exact, batch auto"] / approx_speed[name],
+                     "iou_otsu": ious["otsu"], "otsu_threshold": ious["otsu_threshold"],
+                     "iou_fixed_0.5": ious["fixed_0.5"], "iou_deletion_test": ious["deletion_test"],
+                     "n_views_called_artifact": ious["n_called_artifact"]})
+    for row in rows:
+        for rule in ("otsu", "fixed_0.5", "deletion_test"):
+            row[f"iou_{rule}_minus_exact"] = row[f"iou_{rule}"] - rows[0][f"iou_{rule}"]
+    return rows
+
+
 def main() -> None:
     """Run the benchmark, print the tables and write the JSON."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -357,39 +402,8 @@ def main() -> None:
     exact_s = speed["exact, batch auto"]
 
     # 2. approximations vs exact: speed and pseudo-mask IoU
-    approx = {"exact, batch auto": exact["exact, batch auto"]}
-    bf16 = device.type == "cuda" or native_bf16_cpu()
-    for mode in selected(APPROXIMATIONS, args.modes, classifier, bf16):
-        approx[mode.name] = mode.runner(classifier, batch_size="auto", weighting=weighting)
-    if not bf16:
-        print("bf16 modes skipped: this CPU has no bf16 units (emulated bf16 is slower)",
-              flush=True)
-    for fn in approx.values():  # each mode's networks and auto batch size before timing
-        fn(speed_views[0][None])
-    print("approximate modes (s/image):", flush=True)
-    approx_speed, _ = interleaved(approx, speed_views, args.rounds)
-    rows = []
-    exact_all: list[torch.Tensor] = []
-    exact_counts = None
-    for name, fn in approx.items():
-        _, maps = timed(fn, views)
-        maps = [m.cpu() for m in maps]
-        exact_all = exact_all or maps
-        diff = torch.stack([(a - b).abs() for a, b in zip(maps, exact_all, strict=True)])
-        ious = pseudo_ious(classifier, data, maps, device)
-        exact_counts = ious["otsu_counts"] if exact_counts is None else exact_counts
-        low, high = difference_interval(ious["otsu_counts"], exact_counts)
-        rows.append({"mode": name, "s_per_image": approx_speed[name],
-                     "iou_otsu_minus_exact_95ci": [low, high],
-                     "max_abs_diff_vs_exact": float(diff.max()),
-                     "mean_abs_diff_vs_exact": float(diff.mean()),
-                     "speedup_vs_exact": approx_speed["exact, batch auto"] / approx_speed[name],
-                     "iou_otsu": ious["otsu"], "otsu_threshold": ious["otsu_threshold"],
-                     "iou_fixed_0.5": ious["fixed_0.5"], "iou_deletion_test": ious["deletion_test"],
-                     "n_views_called_artifact": ious["n_called_artifact"]})
-    for row in rows:
-        for rule in ("otsu", "fixed_0.5", "deletion_test"):
-            row[f"iou_{rule}_minus_exact"] = row[f"iou_{rule}"] - rows[0][f"iou_{rule}"]
+    rows = [] if args.modes == "exact" else approximation_rows(
+        args, classifier, exact["exact, batch auto"], data, views, speed_views, device)
 
     table = [{"mode": name, "s_per_image": s, "speedup_vs_reference": reference / s,
               "max_abs_diff_vs_reference": diffs[name]} for name, s in speed.items()]
@@ -412,12 +426,14 @@ def main() -> None:
 
 
 def print_tables(report: dict) -> None:
-    """The two tables as markdown."""
+    """The two tables as markdown (the first only when no approximation ran)."""
     print("\n| exact mode | s/image | speed-up vs reference | max abs diff |")
     print("|---|---|---|---|")
     for row in report["exact_modes"]:
         print(f"| {row['mode']} | {row['s_per_image']:.3f} | {row['speedup_vs_reference']:.2f}x "
               f"| {row['max_abs_diff_vs_reference']:.1e} |")
+    if not report["approximate_modes"]:  # --modes exact
+        return
     print("\n| mode | s/image | speed-up vs exact | map diff max / mean | IoU, pooled Otsu | "
           "minus exact | 95 % interval | IoU, cut 0.5 | minus exact | IoU, deletion test | "
           "minus exact |")

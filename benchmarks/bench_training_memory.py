@@ -6,7 +6,7 @@ of large images: with ``memory_budget_gb`` so large that everything stays in mem
 so small that every image and target is kept on disk, memory-mapped, and the default
 (a quarter of the available memory, a cgroup's limit included); and all on disk again
 without giving freed heap memory back to the system (``process_memory.trim_heap`` off,
-as before 2026-12-07). Each child samples its own memory at every progress event: the
+as before 2026-12-07); ``--arms`` runs some of them. Each child samples its own memory at every progress event: the
 peak of anonymous memory (``RssAnon``: what the kernel cannot drop, and what runs a
 machine out of memory) and of all resident memory (VmHWM; it also counts mapped file
 pages, which the kernel drops under pressure); and its anonymous memory once the run
@@ -23,6 +23,7 @@ Usage::
 
     python benchmarks/bench_training_memory.py --quick
     python benchmarks/bench_training_memory.py --limit-gb 4.5
+    python benchmarks/bench_training_memory.py --arms "in memory" "on disk"
 """
 
 from __future__ import annotations
@@ -98,6 +99,11 @@ def run_child(threads: int, data: Path, out: Path, budget: float | None,
     return {"failed": done.returncode, "stderr_tail": done.stderr[-400:]}
 
 
+#: (name, memory_budget_gb, heap trimmed at the end) of each run.
+ARMS = (("in memory", 1e6, True), ("on disk", 1e-6, True), ("automatic", None, True),
+        ("on disk, heap not trimmed", 1e-6, False))
+
+
 def same_weights(first: Path, second: Path) -> bool:
     """Whether two model folders hold identical classifier and U-Net weights."""
     for part in ("classifier", "unet"):
@@ -123,6 +129,10 @@ def main() -> int:
                                                          "training_memory"))
     parser.add_argument("--json", help="default: benchmarks/results/perf_training_memory"
                                        "[_quick].json")
+    parser.add_argument("--arms", nargs="+", choices=[name for name, _, _ in ARMS],
+                        default=[name for name, _, _ in ARMS], metavar="ARM",
+                        help="which runs, of: " + ", ".join(f"'{name}'" for name, _, _ in ARMS)
+                             + " (default: all)")
     args = parser.parse_args()
     if args.quick:
         args.n, args.size = 16, 1024
@@ -135,9 +145,9 @@ def main() -> int:
             pass
     stamp = time.strftime("%Y%m%d-%H%M%S")
     runs = {}
-    arms = (("in memory", 1e6, True), ("on disk", 1e-6, True), ("automatic", None, True),
-            ("on disk, heap not trimmed", 1e-6, False))
-    for name, budget, trim in arms:
+    for name, budget, trim in ARMS:
+        if name not in args.arms:
+            continue
         out = work / f"model-{stamp}-{name.replace(' ', '-').replace(',', '')}"
         runs[name] = {"out": str(out), "memory_budget_gb": budget, "heap_trimmed": trim,
                       **run_child(args.threads, data, out, budget, args.limit_gb, trim)}
