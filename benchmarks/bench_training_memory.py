@@ -1,19 +1,20 @@
 """Training memory with the images held in memory vs kept on disk (``memory_budget_gb``).
 
 Four fresh child processes train the same ``fast`` model (1 classifier and 1 U-Net
-epoch, no self-training: the data stages are what matters here) on one synthetic set
-of large images: with ``memory_budget_gb`` so large that everything stays in memory,
-so small that every image and target is kept on disk, memory-mapped, and the default
-(a quarter of the available memory, a cgroup's limit included); and all on disk again
-without giving freed heap memory back to the system (``process_memory.trim_heap`` off,
-as before 2026-12-07); ``--arms`` runs some of them. Each child samples its own memory at every progress event: the
-peak of anonymous memory (``RssAnon``: what the kernel cannot drop, and what runs a
-machine out of memory) and of all resident memory (VmHWM; it also counts mapped file
-pages, which the kernel drops under pressure); and its anonymous memory once the run
-has ended (what a long-lived process, napari, keeps after training). Printed: the
-peaks, the ratios, the seconds, and whether the models' weights are identical (they
-must be: the values are the same; with one torch thread per child, the default, two
-runs of the same process are bit-identical, with two they were not).
+epoch, no self-training: the data stages are what matters here) on one synthetic set of
+large images: with ``memory_budget_gb`` so large that everything stays in memory, so
+small that every image, target and derived tensor is kept on disk, memory-mapped, and
+the default (a quarter of the available memory, a cgroup's limit included); and all on
+disk again without giving freed heap memory back to the system
+(``process_memory.trim_heap`` off, as before 2026-12-07); ``--arms`` runs some of them.
+Each child samples its own memory at every progress event: the peak of anonymous memory
+(``RssAnon``: what the kernel cannot drop, and what runs a machine out of memory) and of
+all resident memory (VmHWM; it also counts mapped file pages, which the kernel drops
+under pressure); and its anonymous memory once the run has ended (what a long-lived
+process, napari, keeps after training). Printed: the peaks, the ratios, the seconds, and
+whether the models' weights are identical (they must be: the values are the same; with
+one torch thread per child, the default, two runs of the same process are bit-identical,
+with two they were not).
 
 With ``--limit-gb G`` (Linux, root, cgroup v1 memory controller) each child runs in
 a cgroup whose memory is capped at G GB, to show which runs survive the cap (the
