@@ -115,8 +115,10 @@ class ArtSegConfig:
     # anneals the learning rate to 0 over the epochs and keeps the last weights.
     fine_tune_schedule: str = "cosine"
     pseudo_label_cache: bool = True
-    # GB the training images and their targets may take in memory; the rest are kept
-    # on disk, memory-mapped (None: a quarter of the memory available at the start).
+    # GB the training images, their targets and what training derives from them (views,
+    # Score-CAM maps, saved rasters) may take in memory; the images past it are kept on
+    # disk with all of that, memory-mapped (None: a quarter of the memory available at
+    # the start).
     memory_budget_gb: float | None = None
     # Thresholds (None: chosen on the validation split after training).
     pseudo_label_threshold: float | None = None
