@@ -184,8 +184,8 @@ class CDL(Method):
             if not curated:
                 targets[len(items) - 1] = "cdl"
                 stem = Path(key).with_suffix("").as_posix()
-                raster = torch.from_numpy(target[0].numpy().astype(np.uint8))
-                run.rasters[f"cdl_labels/{stem}.tif"] = item.hold(raster, "cdl_raster").numpy()
+                run.rasters[f"cdl_labels/{stem}.tif"] = item.hold_array(
+                    target[0].numpy().astype(np.uint8), "cdl_raster")
             yield ProgressEvent("cdl_labels", done, len(keys), message=key)
         yield from spill_report(items, spill)
         run.metadata.update(pixel_size_um=pixel_size or config.pixel_size_um,

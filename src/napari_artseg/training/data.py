@@ -75,6 +75,10 @@ class TrainingItem:
             return tensor
         return self.spill.keep(tensor, (self.key, name))
 
+    def hold_array(self, array: np.ndarray, name: str) -> np.ndarray:
+        """:meth:`hold` for a NumPy array (a raster saved with the model)."""
+        return self.hold(torch.from_numpy(array), name).numpy()
+
     def move_to(self, spill: TensorSpill) -> None:
         """Keep this item's image and target (and any later target) in ``spill``'s files."""
         self.spill = spill

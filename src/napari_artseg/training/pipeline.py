@@ -97,11 +97,6 @@ def _manifest(items: list[TrainingItem], val_idx: list[int],
     return rows
 
 
-def _held_raster(item: TrainingItem, array: np.ndarray, name: str) -> np.ndarray:
-    """``array`` kept with ``item`` (on disk when the item is)."""
-    return item.hold(torch.from_numpy(array), name).numpy()
-
-
 def _rasters(items: list[TrainingItem], maps: dict[int, torch.Tensor]) -> dict[str, np.ndarray]:
     """Score-CAM maps (uint8 0-255) and pseudo-labels (uint8 0/1) as TIFFs for the folder.
 
@@ -111,11 +106,11 @@ def _rasters(items: list[TrainingItem], maps: dict[int, torch.Tensor]) -> dict[s
     for index, saliency in maps.items():
         item = items[index]
         stem = Path(item.key).with_suffix("").as_posix()
-        out[f"saliency/{stem}.tif"] = _held_raster(
-            item, (saliency.numpy() * 255).round().astype(np.uint8), "saliency_raster")
+        out[f"saliency/{stem}.tif"] = item.hold_array(
+            (saliency.numpy() * 255).round().astype(np.uint8), "saliency_raster")
         if item.target is not None and not item.curated:
-            out[f"pseudo_labels/{stem}.tif"] = _held_raster(
-                item, (item.target[0].numpy() >= 0.5).astype(np.uint8), "pseudo_label_raster")
+            out[f"pseudo_labels/{stem}.tif"] = item.hold_array(
+                (item.target[0].numpy() >= 0.5).astype(np.uint8), "pseudo_label_raster")
     return out
 
 
