@@ -108,13 +108,15 @@ APPROXIMATIONS = (Mode(16), Mode(8), Mode(scale=0.5), Mode(scale=0.25), Mode(sca
                   Mode(8, stage=2, amp=True), Mode(16, stage=3, amp=True))
 
 
-def add_modes_argument(parser: argparse.ArgumentParser) -> None:
-    """``--modes``: every approximate mode, or only those that mask after a stage."""
-    parser.add_argument("--modes", choices=("all", "inside", "inside-bf16", "exact"),
-                        default="all",
-                        help="inside: only exact and the modes that mask after a stage; "
-                             "inside-bf16: exact and those of them with bf16 passes; exact: "
-                             "no approximations (exact against the reference only)")
+def add_modes_argument(parser: argparse.ArgumentParser, exact_only: bool = False) -> None:
+    """``--modes``: every approximate mode, or only those that mask after a stage; with
+    ``exact_only``, also ``exact``: no approximation at all."""
+    choices = ("all", "inside", "inside-bf16") + (("exact",) if exact_only else ())
+    help_text = ("inside: only exact and the modes that mask after a stage; "
+                 "inside-bf16: exact and those of them with bf16 passes")
+    if exact_only:
+        help_text += "; exact: no approximations (exact against the reference only)"
+    parser.add_argument("--modes", choices=choices, default="all", help=help_text)
 
 
 def selected(modes, which: str, classifier, bf16: bool = False) -> list[Mode]:
@@ -337,7 +339,7 @@ def main() -> None:
     parser.add_argument("--work", default=os.path.join(tempfile.gettempdir(), "artseg-bench",
                                                          "scorecam"))
     parser.add_argument("--json", help="default: benchmarks/results/perf_scorecam[_quick].json")
-    add_modes_argument(parser)
+    add_modes_argument(parser, exact_only=True)
     args = parser.parse_args()
     load_at_start = os.getloadavg()
     suffix = ("_quick" if args.quick else "") + (
