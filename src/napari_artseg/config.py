@@ -88,7 +88,10 @@ class ArtSegConfig:
     amp: bool = True
     # Score-CAM.
     scorecam_weighting: str = "probability"
-    scorecam_batch_size: int | str = 32
+    # Masked inputs per forward pass; "auto" times a few sizes once per process and keeps the
+    # fastest (the maps change by float rounding at most; docs/performance.md, "Score-CAM's
+    # batch size in training"). Models trained before 2026-12-07 recorded 32.
+    scorecam_batch_size: int | str = "auto"
     scorecam_max_channels: int | None = 32
     scorecam_stage: int = 3
     scorecam_score_scale: float = 1.0
@@ -308,7 +311,7 @@ def _coerce(name: str, value: Any, default: Any, source: str) -> Any:
         return None
     if name in AUTO_INTEGERS and value == "auto":
         return value
-    expected = type(default) if default is not None else None
+    expected = int if name in AUTO_INTEGERS else type(default) if default is not None else None
     if expected is bool and not isinstance(value, bool):
         raise ArtSegError(f"{source}: setting {name} must be true or false, got {value!r}")
     if expected is int and not _is_integer(value):

@@ -13,7 +13,9 @@ beyond float rounding, and one chooses how many run at a time:
   faster batched at 256 px and slower at 512 px). Explicit batch sizes never
   trigger any timing.
 - :func:`cuda_batch_limit`: on CUDA, the largest batch that fits in a share of
-  the free memory, from the measured peak memory of a pass with one input.
+  the free memory, from the measured peak memory of a pass with one input;
+  elsewhere :func:`host_batch_limit` bounds the batches ``"auto"`` tries by
+  their pixels.
 
 The passes themselves run in :mod:`napari_artseg.scorecam_passes`.
 """
@@ -38,6 +40,11 @@ if TYPE_CHECKING:
 CANDIDATES: tuple[int, ...] = (1, 4, 16, 64)
 #: Share of the free CUDA memory one batch of masked passes may use.
 CUDA_MEMORY_FRACTION = 0.5
+#: Pixels of masked input per batch that ``"auto"`` tries at most off CUDA: 16 inputs of
+#: 512 x 512 (the largest batch it tries for the ``fast`` classifier's view with two
+#: workers), 4 of 1024 x 1024. On a CPU larger batches were slower (docs/performance.md)
+#: and their activations grow with the batch: 64 ``paper`` views would need many GB.
+HOST_AUTO_BATCH_PIXELS = 16 * 512 * 512
 
 _CHOSEN: dict[tuple, int] = {}
 _CUDA_LIMITS: dict[tuple, int] = {}
@@ -215,6 +222,18 @@ def cuda_batch_limit(network: nn.Module, sample_shape: tuple[int, ...], device: 
     return _CUDA_LIMITS[key]
 
 
+def host_batch_limit(sample_shape: Sequence[int], device: torch.device,
+                     pixels: int = HOST_AUTO_BATCH_PIXELS) -> int:
+    """The largest batch ``"auto"`` tries off CUDA: ``pixels`` // (H x W), at least 1.
+
+    On CUDA the limit is unbounded here (:func:`cuda_batch_limit` measures one).
+    """
+    if device.type == "cuda":
+        return 1 << 30
+    height, width = sample_shape[-2:]
+    return max(1, pixels // max(1, height * width))
+
+
 def choose_batch_size(network: nn.Module, sample_shape: tuple[int, ...], passes: int,
                       device: torch.device, amp: bool = False, channels_last: bool = False,
                       candidates: Sequence[int] = CANDIDATES,
@@ -222,12 +241,12 @@ def choose_batch_size(network: nn.Module, sample_shape: tuple[int, ...], passes:
                       rounds: int = 2) -> int:
     """The fastest batch size for ``passes`` masked inputs of ``sample_shape``, measured once.
 
-    Each candidate (capped at ``passes`` and, on CUDA, at :func:`cuda_batch_limit`)
-    is timed with :func:`time_batch_size` on ``network`` in ``rounds`` interleaved
-    rounds (on a shared machine the load changes between measurements); the
-    fewest seconds per input over the rounds wins (the smaller batch on a tie).
-    The choice is cached per (device, network, input shape, passes, amp,
-    channels_last) for the process.
+    Each candidate (capped at ``passes``, on CUDA at :func:`cuda_batch_limit` and
+    elsewhere at :func:`host_batch_limit`) is timed with :func:`time_batch_size`
+    on ``network`` in ``rounds`` interleaved rounds (on a shared machine the load
+    changes between measurements); the fewest seconds per input over the rounds
+    wins (the smaller batch on a tie). The choice is cached per (device, network,
+    input shape, passes, amp, channels_last) for the process.
 
     Parameters
     ----------
@@ -257,7 +276,8 @@ def choose_batch_size(network: nn.Module, sample_shape: tuple[int, ...], passes:
     """
     if passes < 1:
         return 1
-    limit = min(passes, cuda_batch_limit(network, sample_shape, device, amp))
+    limit = min(passes, cuda_batch_limit(network, sample_shape, device, amp),
+                host_batch_limit(sample_shape, device))
     sizes = sorted({max(1, min(int(c), limit)) for c in candidates})
     key = (str(device), signature or model_signature(network), tuple(sample_shape), passes, amp,
            channels_last, tuple(sizes))

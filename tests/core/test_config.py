@@ -79,6 +79,21 @@ def test_a_config_saved_before_unet_downsample_keeps_a_full_resolution_unet_and_
         preset("fast", unet_input_size=96)
 
 
+def test_scorecam_batch_size_is_measured_by_default_and_saved_integers_load():
+    """Training measures the batch (the old fixed 32 was the slowest on a CPU); a model saved
+    with an integer keeps it, and anything but an integer or "auto" is refused."""
+    assert preset("fast").scorecam_batch_size == preset("paper").scorecam_batch_size == "auto"
+    assert preset("tiny").scorecam_batch_size == 16  # tests stay free of timing
+    old = preset("fast").to_dict()
+    old["scorecam_batch_size"] = 32  # a model folder written before 2026-12-07
+    assert ArtSegConfig.from_dict(old).scorecam_batch_size == 32
+    for bad in ("fast", 2.5, True):
+        with pytest.raises(ArtSegError, match='scorecam_batch_size must be an integer or "auto"'):
+            ArtSegConfig.from_dict({"scorecam_batch_size": bad})
+    with pytest.raises(ArtSegError, match="scorecam_batch_size"):
+        preset("fast", scorecam_batch_size=0)
+
+
 def test_from_dict_refuses_unknown_fields_and_wrong_types():
     with pytest.raises(ArtSegError, match="unknown setting"):
         ArtSegConfig.from_dict({"bogus": 1})

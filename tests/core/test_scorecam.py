@@ -413,6 +413,30 @@ def test_choose_batch_size_picks_the_fastest_and_caches() -> None:
     clear_cache()
 
 
+def test_auto_batch_sizes_off_cuda_are_bounded_by_their_pixels() -> None:
+    """A big view never makes "auto" try a batch whose activations would fill the memory."""
+    from napari_artseg.scorecam_tuning import (
+        HOST_AUTO_BATCH_PIXELS,
+        choose_batch_size,
+        clear_cache,
+        host_batch_limit,
+    )
+
+    clear_cache()
+    network = _model(18, width=2)
+    cpu = torch.device("cpu")
+    assert HOST_AUTO_BATCH_PIXELS == 16 * 512 * 512
+    assert host_batch_limit((1, 512, 512), cpu) == 16
+    assert host_batch_limit((1, 1024, 1024), cpu) == 4
+    assert host_batch_limit((1, 8192, 8192), cpu) == 1  # never below one
+    assert host_batch_limit((1, 1024, 1024), torch.device("cuda")) >= 2**20  # measured there
+    asked: list[int] = []
+    chosen = choose_batch_size(network, (1, 1024, 1024), 2048, cpu,
+                               measure=lambda b: asked.append(b) or 1.0 / b, rounds=1)
+    assert sorted(asked) == [1, 4] and chosen == 4  # 16 and 64 capped to 4
+    clear_cache()
+
+
 class _Untraceable(torch.nn.Module):
     """A classifier with data-dependent control flow (torch.fx cannot trace it)."""
 
