@@ -7,9 +7,10 @@ import torch
 
 from napari_artseg.config import preset
 from napari_artseg.training import loop
+from napari_artseg.training import prefetch as prefetch_module
 from napari_artseg.training.classifier import train_classifier
 from napari_artseg.training.data import TrainingItem
-from napari_artseg.training.prefetch import pin_memory_for, prefetch
+from napari_artseg.training.prefetch import pin_memory_for, prefetch, prefetch_depth
 
 
 def _live_threads():
@@ -22,6 +23,18 @@ def test_pin_memory_only_for_cuda():
     assert pin_memory_for(torch.device("cpu")) is False
     assert pin_memory_for(torch.device("mps")) is False
     assert pin_memory_for("cpu") is False
+
+
+def test_prefetching_on_a_cpu_needs_a_core_of_its_own(monkeypatch):
+    """Where torch's threads take every core, the batch thread would slow them down."""
+    monkeypatch.setattr(prefetch_module, "usable_cores", lambda: 4)
+    monkeypatch.setattr(torch, "get_num_threads", lambda: 4)
+    assert prefetch_depth(torch.device("cpu")) == 0
+    assert prefetch_depth(torch.device("cuda")) == prefetch_module.PREFETCH_BATCHES == 2
+    assert prefetch_depth(torch.device("mps")) == 2
+    monkeypatch.setattr(torch, "get_num_threads", lambda: 3)
+    assert prefetch_depth("cpu") == 2
+    assert prefetch_module.usable_cores() >= 1
 
 
 def test_items_come_in_order_from_another_thread():
@@ -83,7 +96,8 @@ def _config():
     return preset("tiny", input_size=32, batch_size=2, classifier_epochs=2, device="cpu")
 
 
-def test_closing_training_mid_epoch_leaves_no_thread():
+def test_closing_training_mid_epoch_leaves_no_thread(monkeypatch):
+    monkeypatch.setattr(loop, "prefetch_depth", lambda device: 2)  # whatever the cores
     items = _items()
     before = _live_threads()
     generator = train_classifier(items, list(range(12)), list(range(12, 16)), _config(),
@@ -101,7 +115,7 @@ def test_closing_training_mid_epoch_leaves_no_thread():
 
 def test_prefetching_trains_the_same_weights(monkeypatch):
     def train(depth):
-        monkeypatch.setattr(loop, "PREFETCH_BATCHES", depth)
+        monkeypatch.setattr(loop, "prefetch_depth", lambda device: depth)
         generator = train_classifier(_items(), list(range(12)), list(range(12, 16)), _config(),
                                      torch.device("cpu"))
         while True:

@@ -23,7 +23,7 @@ from ..config import ArtSegConfig
 from ..device import autocast, release_memory
 from ..errors import ArtSegError
 from .events import ProgressEvent
-from .prefetch import PREFETCH_BATCHES, pin_batch, pin_memory_for, prefetch
+from .prefetch import pin_batch, pin_memory_for, prefetch, prefetch_depth
 
 Batch = tuple[torch.Tensor, ...]
 
@@ -147,8 +147,9 @@ def fit(
         Overrides ``config.learning_rate`` (fine-tuning uses a smaller one).
     prefetch_batches : int, optional
         Batches prepared ahead in a background thread (default
-        :data:`~napari_artseg.training.prefetch.PREFETCH_BATCHES`; 0: none). The
-        batches are the same either way; closing this generator stops the thread.
+        :func:`~napari_artseg.training.prefetch.prefetch_depth`: 2, or 0 on a CPU
+        whose cores torch's threads all use; 0: none). The batches are the same
+        either way; closing this generator stops the thread.
     keep_last : bool
         Run every epoch with the learning rate cosine-annealed to 0 and keep the last
         weights (validation is still run and recorded, but chooses nothing): for when
@@ -185,7 +186,7 @@ def fit(
     best_state = copy.deepcopy(model.state_dict())
     stale = 0
     total = epochs * n_batches
-    depth = PREFETCH_BATCHES if prefetch_batches is None else prefetch_batches
+    depth = prefetch_depth(device) if prefetch_batches is None else prefetch_batches
     pin = pin_batch if pin_memory_for(device) else None
     for epoch in range(1, epochs + 1):
         model.train()
