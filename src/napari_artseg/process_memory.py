@@ -1,5 +1,5 @@
-"""This process's resident memory, as the memory benchmarks and tests measure it, and
-giving freed heap memory back to the system.
+"""This process's resident memory, as the memory benchmarks and tests measure it; giving
+freed heap memory back to the system, and keeping it for reuse while a job runs.
 
 Peak memory is Linux's ``VmHWM`` (``/proc/self/status``): it counts torch's CPU tensors,
 and unlike ``ru_maxrss`` it does not survive ``execve``, so a child process started from a
@@ -11,25 +11,42 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 import resource
+import threading
+from collections.abc import Generator
+from contextlib import contextmanager
 from pathlib import Path
 
 STATUS = Path("/proc/self/status")
 
 
-def _find_malloc_trim():
-    """glibc's ``malloc_trim`` (None elsewhere: macOS, Windows, musl)."""
+def _find_glibc(symbol: str, argtypes: list):
+    """A glibc function (None elsewhere: macOS, Windows, musl)."""
     name = ctypes.util.find_library("c")
     try:
-        trim = ctypes.CDLL(name).malloc_trim if name else None
+        function = getattr(ctypes.CDLL(name), symbol) if name else None
     except (OSError, AttributeError):
         return None
-    if trim is not None:
-        trim.argtypes, trim.restype = [ctypes.c_size_t], ctypes.c_int
-    return trim
+    if function is not None:
+        function.argtypes, function.restype = argtypes, ctypes.c_int
+    return function
 
 
 #: glibc's ``malloc_trim``, or None; a benchmark sets it to None to measure without it.
-MALLOC_TRIM = _find_malloc_trim()
+MALLOC_TRIM = _find_glibc("malloc_trim", [ctypes.c_size_t])
+#: glibc's ``mallopt``, or None; set to None to run jobs with glibc's own thresholds.
+MALLOPT = _find_glibc("mallopt", [ctypes.c_int, ctypes.c_int])
+#: ``mallopt`` parameters (glibc's malloc.h).
+M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3
+#: While a job runs: blocks up to 32 MiB (the most glibc's own adaptive rule reaches) come
+#: from the heaps, and up to 512 MiB of free heap top is kept for the next step.
+JOB_MMAP_THRESHOLD = 32 << 20
+JOB_TRIM_THRESHOLD = 512 << 20
+#: After the last job: free heap top beyond twice the mmap threshold goes back to the system,
+#: as glibc's adaptive rule has it.
+IDLE_TRIM_THRESHOLD = 2 * JOB_MMAP_THRESHOLD
+
+_jobs = 0
+_jobs_lock = threading.Lock()
 
 
 def status_kib(field: str) -> int | None:
@@ -71,3 +88,42 @@ def trim_heap() -> bool:
         True when glibc gave pages back; False when it had none or this is not glibc.
     """
     return bool(MALLOC_TRIM(0)) if MALLOC_TRIM is not None else False
+
+
+@contextmanager
+def heap_reuse() -> Generator[bool, None, None]:
+    """Keep freed heap memory for reuse while the block runs (glibc only).
+
+    By default glibc maps large blocks fresh and gives a heap's free top back
+    soon, so a training step that frees and allocates the same activations
+    again has the kernel zero-fill the same amount of memory at every step
+    (millions of page faults in a short ``fast`` run; docs/performance.md,
+    "Training throughput", measures them). Inside the block, blocks up to
+    :data:`JOB_MMAP_THRESHOLD` come from the heaps and up to
+    :data:`JOB_TRIM_THRESHOLD` of free heap top is kept. When the last of the
+    process's blocks (jobs in several threads count together) ends, the trim
+    threshold drops to :data:`IDLE_TRIM_THRESHOLD` and the heap is trimmed
+    (:func:`trim_heap`); the mmap threshold stays at 32 MiB, where glibc's
+    adaptive rule also ends up.
+
+    Yields
+    ------
+    bool
+        Whether the thresholds were set (False where the C library is not glibc).
+    """
+    global _jobs
+    if MALLOPT is None:
+        yield False
+        return
+    with _jobs_lock:
+        _jobs += 1
+        MALLOPT(M_MMAP_THRESHOLD, JOB_MMAP_THRESHOLD)
+        MALLOPT(M_TRIM_THRESHOLD, JOB_TRIM_THRESHOLD)
+    try:
+        yield True
+    finally:
+        with _jobs_lock:
+            _jobs -= 1
+            if _jobs == 0:
+                MALLOPT(M_TRIM_THRESHOLD, IDLE_TRIM_THRESHOLD)
+                trim_heap()
