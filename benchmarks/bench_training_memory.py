@@ -6,12 +6,15 @@ large images: with ``memory_budget_gb`` so large that everything stays in memory
 small that every image, target and derived tensor is kept on disk, memory-mapped, and
 the default (a quarter of the available memory, a cgroup's limit included); and all on
 disk again without giving freed heap memory back to the system
-(``process_memory.trim_heap`` off, as before 2026-12-07); ``--arms`` runs some of them.
+(``process_memory.trim_heap`` off, as before 2026-12-07); and all in memory with glibc's
+own allocation thresholds (``process_memory.heap_reuse`` off, as before session 20);
+``--arms`` runs some of them.
 Each child samples its own memory at every progress event: the peak of anonymous memory
 (``RssAnon``: what the kernel cannot drop, and what runs a machine out of memory) and of
 all resident memory (VmHWM; it also counts mapped file pages, which the kernel drops
 under pressure); and its anonymous memory once the run has ended (what a long-lived
-process, napari, keeps after training). Printed: the peaks, the ratios, the seconds, and
+process, napari, keeps after training), its system seconds and minor page faults.
+Printed: the peaks, the ratios, the seconds, and
 whether the models' weights are identical (they must be: the values are the same; with
 one torch thread per child, the default, two runs of the same process are bit-identical,
 with two they were not).
@@ -25,6 +28,9 @@ Usage::
     python benchmarks/bench_training_memory.py --quick
     python benchmarks/bench_training_memory.py --limit-gb 4.5
     python benchmarks/bench_training_memory.py --arms "in memory" "on disk"
+    python benchmarks/bench_training_memory.py --n 150 --size 512 --threads 2 \
+        --arms "in memory" "in memory, glibc's thresholds" "in memory" \
+        "in memory, glibc's thresholds"
 """
 
 from __future__ import annotations
@@ -32,6 +38,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shlex
 import subprocess
 import sys
 import tempfile
@@ -46,7 +53,7 @@ from napari_artseg.atomic import atomic_write_text
 from napari_artseg.synth import write_dataset
 
 CHILD = r"""
-import gc, json, sys, time
+import gc, json, resource, sys, time
 import torch
 from napari_artseg.config import preset
 from napari_artseg.labels_file import read_labels_csv
@@ -56,8 +63,10 @@ from napari_artseg.training import train_pipeline
 
 torch.set_num_threads(int(sys.argv[1]))
 data, out, budget = sys.argv[2], sys.argv[3], json.loads(sys.argv[4])
-if sys.argv[5] == "no-trim":
+if "no-trim" in sys.argv[5]:
     process_memory.MALLOC_TRIM = None  # freed heap memory stays with glibc, as before
+if "no-reuse" in sys.argv[5]:
+    process_memory.MALLOPT = None  # glibc's own thresholds during the run, as before
 config = preset("fast", classifier_epochs=1, unet_epochs=1, self_training_rounds=0,
                 memory_budget_gb=budget)
 labels = read_labels_csv(data + "/labels.csv").labels
@@ -66,22 +75,28 @@ start = time.perf_counter()
 for event in train_pipeline(data + "/images", labels, out, config):
     anon = max(anon, status_kib("RssAnon") or 0)
 seconds = time.perf_counter() - start
+usage = resource.getrusage(resource.RUSAGE_SELF)
 gc.collect()
 print("RESULT", json.dumps({"seconds": seconds, "peak_anon_kib": anon,
+                            "system_seconds": usage.ru_stime,
+                            "minor_page_faults": usage.ru_minflt,
                             "peak_rss_kib": peak_rss_kib(),
                             "anon_after_run_kib": status_kib("RssAnon") or 0}))
 """
 
 
 def run_child(threads: int, data: Path, out: Path, budget: float | None,
-              limit_gb: float | None, trim: bool = True) -> dict:
+              limit_gb: float | None, trim: bool = True, reuse: bool = True) -> dict:
     """One training child; its RESULT line as a dict (``failed`` with its exit code if it died).
 
-    ``trim`` False: the child does not give freed heap memory back between epochs and
-    stages (``process_memory.trim_heap`` does nothing), as training did before 2026-12-07.
+    ``trim`` False: the child does not give freed heap memory back at the end of the run
+    (``process_memory.trim_heap`` does nothing), as training did before 2026-12-07.
+    ``reuse`` False: the run keeps glibc's own allocation thresholds
+    (``process_memory.heap_reuse`` does nothing), as training did before session 20.
     """
+    switches = ",".join(["trim" if trim else "no-trim", "reuse" if reuse else "no-reuse"])
     command = [sys.executable, "-c", CHILD, str(threads), str(data), str(out), json.dumps(budget),
-               "trim" if trim else "no-trim"]
+               switches]
     group = None
     if limit_gb is not None:
         group = Path(f"/sys/fs/cgroup/memory/artseg-bench-{os.getpid()}")
@@ -100,9 +115,10 @@ def run_child(threads: int, data: Path, out: Path, budget: float | None,
     return {"failed": done.returncode, "stderr_tail": done.stderr[-400:]}
 
 
-#: (name, memory_budget_gb, heap trimmed at the end) of each run.
-ARMS = (("in memory", 1e6, True), ("on disk", 1e-6, True), ("automatic", None, True),
-        ("on disk, heap not trimmed", 1e-6, False))
+#: (name, memory_budget_gb, heap trimmed at the end, heap kept for reuse) of each run.
+ARMS = (("in memory", 1e6, True, True), ("on disk", 1e-6, True, True),
+        ("automatic", None, True, True), ("on disk, heap not trimmed", 1e-6, False, True),
+        ("in memory, glibc's thresholds", 1e6, True, False))
 
 
 def same_weights(first: Path, second: Path) -> bool:
@@ -130,10 +146,10 @@ def main() -> int:
                                                          "training_memory"))
     parser.add_argument("--json", help="default: benchmarks/results/perf_training_memory"
                                        "[_quick].json")
-    parser.add_argument("--arms", nargs="+", choices=[name for name, _, _ in ARMS],
-                        default=[name for name, _, _ in ARMS], metavar="ARM",
-                        help="which runs, of: " + ", ".join(f"'{name}'" for name, _, _ in ARMS)
-                             + " (default: all)")
+    names = [arm[0] for arm in ARMS]
+    parser.add_argument("--arms", nargs="+", choices=names, default=names, metavar="ARM",
+                        help="which runs, in this order (one may come again), of: "
+                             + ", ".join(f"'{name}'" for name in names) + " (default: all)")
     args = parser.parse_args()
     if args.quick:
         args.n, args.size = 16, 1024
@@ -146,15 +162,18 @@ def main() -> int:
             pass
     stamp = time.strftime("%Y%m%d-%H%M%S")
     runs = {}
-    for name, budget, trim in ARMS:
-        if name not in args.arms:
-            continue
-        out = work / f"model-{stamp}-{name.replace(' ', '-').replace(',', '')}"
-        runs[name] = {"out": str(out), "memory_budget_gb": budget, "heap_trimmed": trim,
-                      **run_child(args.threads, data, out, budget, args.limit_gb, trim)}
-        print(f"{name}: {runs[name]}", flush=True)
+    arms = {arm[0]: arm[1:] for arm in ARMS}
+    for index, name in enumerate(args.arms):
+        budget, trim, reuse = arms[name]
+        key = name if name not in runs else f"{name} ({index + 1})"
+        slug = "".join(c if c.isalnum() else "-" for c in key)
+        out = work / f"model-{stamp}-{slug}"
+        runs[key] = {"out": str(out), "memory_budget_gb": budget, "heap_trimmed": trim,
+                     "heap_reuse": reuse,
+                     **run_child(args.threads, data, out, budget, args.limit_gb, trim, reuse)}
+        print(f"{key}: {runs[key]}", flush=True)
     image_bytes = args.n * args.size * args.size * 4
-    report = {"command": " ".join(["python", *sys.argv]), "machine": machine(),
+    report = {"command": shlex.join(["python", *sys.argv]), "machine": machine(),
               "args": vars(args), "image_bytes_float32": image_bytes, "runs": runs}
     done = {name: run for name, run in runs.items() if "failed" not in run}
     for run in done.values():
@@ -171,25 +190,33 @@ def main() -> int:
     if "on disk" in done and "on disk, heap not trimmed" in done:
         untrimmed = done["on disk, heap not trimmed"]
         report["trim_anon_ratio"] = untrimmed["peak_anon_kib"] / done["on disk"]["peak_anon_kib"]
+    glibc = "in memory, glibc's thresholds"
+    if "in memory" in done and glibc in done:
+        report["reuse_seconds_ratio"] = done[glibc]["seconds"] / done["in memory"]["seconds"]
     limit = f", each capped at {args.limit_gb:g} GB" if args.limit_gb else ""
     print(f"\n{args.n} images of {args.size} px ({image_bytes / 1e9:.2f} GB as float32){limit}")
     print("| run | images on disk | peak anonymous memory | peak resident (VmHWM) | seconds | "
-          "anonymous memory after the run |")
-    print("|---|---|---|---|---|---|")
+          "system seconds | minor page faults | anonymous memory after the run |")
+    print("|---|---|---|---|---|---|---|---|")
     for name, run in runs.items():
         if "failed" in run:
-            print(f"| {name} | | killed (exit status {run['failed']}) | | |")
+            print(f"| {name} | | killed (exit status {run['failed']}) | | | | | |")
             continue
         print(f"| {name} | {run['n_images_on_disk']} of {args.n} | "
               f"{run['peak_anon_kib'] / 1e6:.2f} GB | {run['peak_rss_kib'] / 1e6:.2f} GB | "
-              f"{run['seconds']:.0f} | {run['anon_after_run_kib'] / 1e6:.2f} GB |")
+              f"{run['seconds']:.0f} | {run['system_seconds']:.1f} | "
+              f"{run['minor_page_faults'] / 1e6:.2f} M | "
+              f"{run['anon_after_run_kib'] / 1e6:.2f} GB |")
     if "anon_ratio" in report:
         print(f"anonymous memory {report['anon_ratio']:.2f}x lower on disk; "
               f"{report['seconds_ratio']:.2f}x the time")
+    if "reuse_seconds_ratio" in report:
+        print(f"with glibc's own thresholds {report['reuse_seconds_ratio']:.2f}x the time of "
+              "the heap kept for reuse (in memory)")
     if "trim_anon_ratio" in report:
         print(f"anonymous memory {report['trim_anon_ratio']:.2f}x lower with the heap trimmed "
               "(on disk)")
-    print(f"identical weights across the completed runs ({', '.join(names)}): "
+    print(f"identical weights across the completed runs ({'; '.join(names)}): "
           f"{report['identical_weights']}")
     atomic_write_text(Path(args.json), json.dumps(report, indent=2))
     return 0
