@@ -7,7 +7,7 @@ view per image at scale 1):
    of an untrained classifier (the time depends on the weights only through the
    channels Score-CAM skips) four ways: no cache with the default
    ``scorecam_batch_size`` (``"auto"``: measured once per process, in the first
-   round); no cache with 32 masked inputs per pass (the default before 2026-12-07);
+   round); no cache with 32 masked inputs per pass (the default before session 20);
    an empty cache (computes and writes every map); a filled cache (hashes the
    classifier and the image files, reads every map). The maps read back are
    checked to equal the default's exactly; batch 32's largest difference to them

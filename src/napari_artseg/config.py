@@ -90,7 +90,7 @@ class ArtSegConfig:
     scorecam_weighting: str = "probability"
     # Masked inputs per forward pass; "auto" times a few sizes once per process and keeps the
     # fastest (the maps change by float rounding at most; docs/performance.md, "Score-CAM's
-    # batch size in training"). Models trained before 2026-12-07 recorded 32.
+    # batch size in training"). Models trained before session 20 (2026-12-07) recorded 32.
     scorecam_batch_size: int | str = "auto"
     scorecam_max_channels: int | None = 32
     scorecam_stage: int = 3

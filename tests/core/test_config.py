@@ -85,7 +85,7 @@ def test_scorecam_batch_size_is_measured_by_default_and_saved_integers_load():
     assert preset("fast").scorecam_batch_size == preset("paper").scorecam_batch_size == "auto"
     assert preset("tiny").scorecam_batch_size == 16  # tests stay free of timing
     old = preset("fast").to_dict()
-    old["scorecam_batch_size"] = 32  # a model folder written before 2026-12-07
+    old["scorecam_batch_size"] = 32  # a model folder written before the default changed
     assert ArtSegConfig.from_dict(old).scorecam_batch_size == 32
     for bad in ("fast", 2.5, True):
         with pytest.raises(ArtSegError, match='scorecam_batch_size must be an integer or "auto"'):

@@ -117,7 +117,7 @@ from napari_artseg import process_memory
 from napari_artseg.process_memory import heap_reuse
 torch.set_num_threads(1)
 if sys.argv[1] == "off":
-    process_memory.MALLOPT = None  # glibc's own thresholds, as jobs ran before 2026-12-07
+    process_memory.MALLOPT = None  # glibc's own thresholds, as training ran before
 def steps():  # a training step's pattern, in a worker thread: 12-28 MB freed and made again
     for _ in range(30):
         for n in (5 << 20, 7 << 20, 3 << 20):

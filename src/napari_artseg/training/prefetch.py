@@ -12,7 +12,7 @@ stops the thread and waits for it, so a cancelled run leaves no thread behind.
 On a CPU the thread only helps when it has a core of its own:
 :func:`prefetch_depth` turns it off when torch's threads already take every core
 (measured on a 2-core machine, ``benchmarks/bench_training.py``: with one torch
-thread prefetching made a U-Net epoch 1.06x faster, with two 0.89x as fast).
+thread prefetching made a U-Net epoch 1.04-1.06x faster, with two 0.89-0.93x as fast).
 
 A thread rather than ``DataLoader`` worker processes: the batches come from
 tensors already in memory (:class:`~napari_artseg.training.data.TrainingItem`)
