@@ -28,6 +28,7 @@ import numpy as np
 from .atomic import atomic_write_text
 from .errors import ArtSegError
 from .image_files import image_key, read_image, read_mask, write_tiff
+from .process_memory import heap_reuse
 from .provenance import utc_now
 
 
@@ -215,16 +216,17 @@ def predict_images(
     model = get_model()
     cache = PredictionCache(predictions_dir, model.model_id)
     done = 0
-    for index, image in enumerate(images):
-        try:
-            item = predict_one(model, Path(image_folder), image, saliency)
-            cache.save(item, item.mask())
-        except (ArtSegError, OSError, ValueError, RuntimeError, MemoryError) as exc:
-            message = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-            yield PredictionStep(index + 1, len(images), image, error=message)
-            continue
-        done += 1
-        yield PredictionStep(index + 1, len(images), image, result=item)
+    with heap_reuse():  # freed memory is kept for the next image, not mapped again
+        for index, image in enumerate(images):
+            try:
+                item = predict_one(model, Path(image_folder), image, saliency)
+                cache.save(item, item.mask())
+            except (ArtSegError, OSError, ValueError, RuntimeError, MemoryError) as exc:
+                message = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+                yield PredictionStep(index + 1, len(images), image, error=message)
+                continue
+            done += 1
+            yield PredictionStep(index + 1, len(images), image, result=item)
     return done
 
 

@@ -95,10 +95,12 @@ def heap_reuse() -> Generator[bool, None, None]:
     """Keep freed heap memory for reuse while the block runs (glibc only).
 
     By default glibc maps large blocks fresh and gives a heap's free top back
-    soon, so a training step that frees and allocates the same activations
-    again has the kernel zero-fill the same amount of memory at every step
-    (millions of page faults in a short ``fast`` run; docs/performance.md,
-    "Training throughput", measures them). Inside the block, blocks up to
+    soon, so a training step or an image's prediction that frees and allocates
+    the same activations again has the kernel zero-fill the same amount of
+    memory every time (millions of page faults in a short ``fast`` run;
+    docs/performance.md, "Training throughput" and "Folder prediction", measures
+    them). Training (``train_pipeline``), ``artseg predict`` on a folder and the
+    viewer's prediction job run inside it. Inside the block, blocks up to
     :data:`JOB_MMAP_THRESHOLD` come from the heaps and up to
     :data:`JOB_TRIM_THRESHOLD` of free heap top is kept. When the last of the
     process's blocks (jobs in several threads count together) ends, the trim

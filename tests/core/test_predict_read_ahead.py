@@ -7,6 +7,7 @@ import threading
 
 import numpy as np
 
+from napari_artseg import process_memory
 from napari_artseg.cli import main, predict_image
 from napari_artseg.image_files import read_image, write_tiff
 
@@ -38,8 +39,13 @@ def test_next_image_is_read_in_the_background_and_results_match(tiny_model, tmp_
         return real_read(path)
 
     monkeypatch.setattr(predict_image, "read_image", recording_read)
+    thresholds = []  # heap_reuse's glibc calls, recorded instead of made
+    monkeypatch.setattr(process_memory, "MALLOPT", lambda *call: thresholds.append(call) or 1)
     out = tmp_path / "out"
     code = main(["predict", "--model", str(tiny_model), "--out", str(out), str(images)])
+    assert thresholds == [(process_memory.M_MMAP_THRESHOLD, process_memory.JOB_MMAP_THRESHOLD),
+                          (process_memory.M_TRIM_THRESHOLD, process_memory.JOB_TRIM_THRESHOLD),
+                          (process_memory.M_TRIM_THRESHOLD, process_memory.IDLE_TRIM_THRESHOLD)]
     assert code != 0  # the broken image failed ...
     assert "broken.tif" in capsys.readouterr().err  # ... with its name
     assert sorted(name for _, name in readers) == ["broken.tif"] + [f"im{i}.tif" for i in range(4)]

@@ -6,6 +6,7 @@ import shutil
 
 import numpy as np
 
+from napari_artseg import process_memory
 from napari_artseg.postprocess import clean_mask
 from napari_artseg.prediction_cache import (
     CachedPrediction,
@@ -28,6 +29,32 @@ def test_cache_round_trip(tmp_path):
     assert loaded.score == 0.2 and loaded.gate_passed is False and loaded.min_size_px == 3
     assert np.allclose(loaded.map(gated=False), prob) and not loaded.map().any()
     assert loaded.saliency is None and loaded.pixel_size_um == 0.65
+
+
+def _recorded_mallopt(monkeypatch) -> list:
+    """Record ``heap_reuse``'s glibc calls instead of making them."""
+    calls: list = []
+    monkeypatch.setattr(process_memory, "MALLOPT", lambda param, value: calls.append(
+        (param, value)) or 1)
+    return calls
+
+
+JOB = [(process_memory.M_MMAP_THRESHOLD, process_memory.JOB_MMAP_THRESHOLD),
+       (process_memory.M_TRIM_THRESHOLD, process_memory.JOB_TRIM_THRESHOLD)]
+IDLE = [(process_memory.M_TRIM_THRESHOLD, process_memory.IDLE_TRIM_THRESHOLD)]
+
+
+def test_the_prediction_job_keeps_freed_memory_while_it_runs(tiny_dataset, tiny_model, tmp_path,
+                                                             monkeypatch):
+    calls = _recorded_mallopt(monkeypatch)
+    holder = LoadedModel()
+    holder.select(tiny_model, "cpu")
+    generator = predict_images(holder.get, tiny_dataset / "images",
+                               ["synth_0000.tif", "synth_0001.tif"], tmp_path / "pred")
+    next(generator)
+    assert calls == JOB  # set while the images are predicted
+    assert len(list(generator)) == 1
+    assert calls == JOB + IDLE  # glibc's idle threshold once the job is done
 
 
 def test_predict_images_caches_and_lists_models(tiny_dataset, tiny_model, tmp_path):

@@ -14,6 +14,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
+from ..process_memory import heap_reuse
 from .predict_image import failure_message, preload, process_item, write_outputs
 from .predict_inputs import InputImage, PredictOptions
 from .predict_resume import is_done
@@ -75,8 +76,10 @@ def run_serial(model, images: list[InputImage], out: Path, options: PredictOptio
     and images whose outputs are complete already are not read. An image's row
     reaches the summary only after its files are written (a write error fails
     that image), so a resumed run never trusts a file that was not finished.
+    Freed memory is kept for the next image (:func:`~napari_artseg.process_memory.heap_reuse`).
     """
-    with (ThreadPoolExecutor(max_workers=1, thread_name_prefix="artseg-read") as pool,
+    with (heap_reuse(),
+          ThreadPoolExecutor(max_workers=1, thread_name_prefix="artseg-read") as pool,
           ThreadPoolExecutor(max_workers=1, thread_name_prefix="artseg-write") as writer):
         results = _read_ahead_results(model, images, out, options, table, pool)
         return collect_rows(_written_behind(results, writer), table, images, out, quiet)
