@@ -1,0 +1,105 @@
+"""Folder prediction with freed memory kept for reuse, against glibc's own thresholds.
+
+``artseg predict`` on a folder (``cli/predict_loop.run_serial``) and the viewer's
+prediction job keep freed heap memory for the next image while they run
+(:func:`napari_artseg.process_memory.heap_reuse`). glibc's adaptive thresholds
+cannot be restored inside a process once set, so each run is a fresh child
+process that calls the ``artseg predict`` command line on the same folder,
+alternately with the thresholds kept (the default) and with glibc's own
+(``process_memory.MALLOPT = None``). Each child reports its wall time, system
+time and minor page faults (``getrusage``); printed: every run, the fastest of
+each mode and their ratio. The model is an untrained ``fast`` one (the time does
+not depend on the weights), the gate is off so the U-Net runs on every image.
+Training's side of the same change is measured by ``bench_training_memory.py``
+(arm "in memory, glibc's thresholds").
+
+Usage::
+
+    python benchmarks/bench_heap_reuse.py [--images 100] [--size 512] [--rounds 3]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shlex
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_common import machine
+from bench_predict import make_model
+from bench_read_ahead import write_inputs
+from napari_artseg.atomic import atomic_write_text
+
+CHILD = r"""
+import json, resource, sys, time
+import torch
+from napari_artseg import process_memory
+from napari_artseg.cli import main
+torch.set_num_threads(int(sys.argv[1]))
+if sys.argv[2] == "glibc":
+    process_memory.MALLOPT = None  # glibc's own thresholds, as before session 20
+start = time.perf_counter()
+code = main(["predict", "--model", sys.argv[3], "--out", sys.argv[4], "--no-gate", "--overwrite",
+             "--quiet", sys.argv[5]])
+usage = resource.getrusage(resource.RUSAGE_SELF)
+print("RESULT", json.dumps({"exit": code, "seconds": time.perf_counter() - start,
+                            "system_seconds": usage.ru_stime,
+                            "minor_page_faults": usage.ru_minflt}))
+"""
+
+MODES = ("heap kept for reuse", "glibc's thresholds")
+
+
+def run_child(threads: int, mode: str, model: Path, out: Path, inputs: Path) -> dict:
+    """One ``artseg predict`` child; its RESULT line as a dict."""
+    done = subprocess.run([sys.executable, "-c", CHILD, str(threads),
+                           "glibc" if mode == MODES[1] else "reuse", str(model), str(out),
+                           str(inputs)], capture_output=True, text=True)
+    for line in done.stdout.splitlines():
+        if line.startswith("RESULT "):
+            return json.loads(line[len("RESULT "):])
+    raise SystemExit(f"child failed ({done.returncode}): {done.stderr[-400:]}")
+
+
+def main() -> int:
+    """Alternate the two modes over rounds; print the runs and the ratio; write the JSON."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--images", type=int, default=100)
+    parser.add_argument("--size", type=int, default=512)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--threads", type=int, default=torch.get_num_threads())
+    parser.add_argument("--json", default="benchmarks/results/perf_heap_reuse.json")
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)  # as the children run (recorded with the machine)
+    with tempfile.TemporaryDirectory(prefix="artseg-bench-heap-") as tmp:
+        work = Path(tmp)
+        write_inputs(work / "in", args.size, args.images)
+        model = make_model(work, "fast")
+        runs: list[dict] = []
+        for round_ in range(args.rounds):
+            for mode in MODES:
+                result = run_child(args.threads, mode, model, work / "out", work / "in")
+                runs.append({"round": round_ + 1, "mode": mode, **result})
+                print(f"round {round_ + 1}, {mode}: {result['seconds']:.2f} s, system "
+                      f"{result['system_seconds']:.2f} s, {result['minor_page_faults']:,} minor "
+                      "page faults", flush=True)
+    best = {mode: min(r["seconds"] for r in runs if r["mode"] == mode) for mode in MODES}
+    ratio = best[MODES[1]] / best[MODES[0]]
+    print(f"{args.images} images of {args.size} px, fast preset, {args.threads} torch threads: "
+          f"fastest {best[MODES[0]]:.2f} s kept for reuse, {best[MODES[1]]:.2f} s with glibc's "
+          f"thresholds: {ratio:.2f}x")
+    report = {"command": shlex.join(["python", *sys.argv]), "machine": machine(),
+              "args": vars(args), "runs": runs, "fastest_seconds": best,
+              "speed_up_heap_reuse": ratio}
+    atomic_write_text(Path(args.json), json.dumps(report, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
