@@ -57,9 +57,8 @@ class TrainingItem:
 
     def __setattr__(self, name: str, value: object) -> None:
         # with a spill, the image and every target set later live in its memory-mapped files
-        spill = self.__dict__.get("spill")
-        if spill is not None and name in SPILLED and isinstance(value, torch.Tensor):
-            value = spill.keep(value, (self.key, name))
+        if name in SPILLED and isinstance(value, torch.Tensor):
+            value = self.hold(value, name)
         object.__setattr__(self, name, value)
 
     def hold(self, tensor: torch.Tensor, name: str) -> torch.Tensor:
