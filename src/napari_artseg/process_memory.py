@@ -102,10 +102,11 @@ def heap_reuse() -> Generator[bool, None, None]:
     them). Training (``train_pipeline``), ``artseg predict`` on a folder and the
     viewer's prediction job run inside it. Inside the block, blocks up to
     :data:`JOB_MMAP_THRESHOLD` come from the heaps and up to
-    :data:`JOB_TRIM_THRESHOLD` of free heap top is kept. When the last of the
-    process's blocks (jobs in several threads count together) ends, the trim
-    threshold drops to :data:`IDLE_TRIM_THRESHOLD` and the heap is trimmed
-    (:func:`trim_heap`); the mmap threshold stays at 32 MiB, where glibc's
+    :data:`JOB_TRIM_THRESHOLD` of free heap top is kept. When a block ends,
+    however it ends, the heap is trimmed (:func:`trim_heap`: the job's freed
+    memory goes back to the system); when the last of the process's blocks (jobs
+    in several threads count together) ends, the trim threshold also drops to
+    :data:`IDLE_TRIM_THRESHOLD`. The mmap threshold stays at 32 MiB, where glibc's
     adaptive rule also ends up.
 
     Yields
@@ -114,18 +115,18 @@ def heap_reuse() -> Generator[bool, None, None]:
         Whether the thresholds were set (False where the C library is not glibc).
     """
     global _jobs
-    if MALLOPT is None:
-        yield False
-        return
-    with _jobs_lock:
-        _jobs += 1
-        MALLOPT(M_MMAP_THRESHOLD, JOB_MMAP_THRESHOLD)
-        MALLOPT(M_TRIM_THRESHOLD, JOB_TRIM_THRESHOLD)
-    try:
-        yield True
-    finally:
+    active = MALLOPT is not None
+    if active:
         with _jobs_lock:
-            _jobs -= 1
-            if _jobs == 0:
-                MALLOPT(M_TRIM_THRESHOLD, IDLE_TRIM_THRESHOLD)
-                trim_heap()
+            _jobs += 1
+            MALLOPT(M_MMAP_THRESHOLD, JOB_MMAP_THRESHOLD)
+            MALLOPT(M_TRIM_THRESHOLD, JOB_TRIM_THRESHOLD)
+    try:
+        yield active
+    finally:
+        if active:
+            with _jobs_lock:
+                _jobs -= 1
+                if _jobs == 0:
+                    MALLOPT(M_TRIM_THRESHOLD, IDLE_TRIM_THRESHOLD)
+        trim_heap()

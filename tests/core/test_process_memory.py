@@ -147,6 +147,8 @@ def test_a_job_reuses_freed_memory_instead_of_faulting_it_in_again():
 
 
 def test_overlapping_jobs_restore_the_idle_thresholds_once_the_last_ends(monkeypatch):
+    """Every job's end gives its freed memory back; the last one's restores glibc's idle
+    trim threshold."""
     calls = []
     monkeypatch.setattr(process_memory, "MALLOPT", lambda param, value: calls.append(
         (param, value)) or 1)
@@ -157,8 +159,12 @@ def test_overlapping_jobs_restore_the_idle_thresholds_once_the_last_ends(monkeyp
     with process_memory.heap_reuse() as first:
         with process_memory.heap_reuse() as second:  # e.g. a retrain while another job runs
             assert first and second and calls == job + job
-        assert calls == job + job  # the first job still runs: nothing restored
-    assert calls == job + job + idle
+        assert calls == job + job + ["trim"]  # the first job still runs: nothing restored
+    assert calls == job + job + ["trim"] + idle
     with pytest.raises(RuntimeError), process_memory.heap_reuse():
         raise RuntimeError("a failed job restores them too")
-    assert calls == (job + job + idle) + job + idle
+    assert calls == (job + job + ["trim"] + idle) + job + idle
+    monkeypatch.setattr(process_memory, "MALLOPT", None)  # not glibc, or switched off
+    with process_memory.heap_reuse() as active:
+        assert not active
+    assert calls[-1:] == ["trim"] and len(calls) == 12  # the job's memory still goes back

@@ -24,7 +24,7 @@ import torch
 from ..config import ArtSegConfig
 from ..device import release_memory, resolve_device
 from ..model_files import read_model_document, save_model
-from ..process_memory import heap_reuse, trim_heap
+from ..process_memory import heap_reuse
 from ..training.classifier import (
     build_classifier,
     classifier_probabilities,
@@ -199,12 +199,11 @@ def train_pipeline(
     """
     from ..methods import get_method
 
-    try:
-        with heap_reuse():  # freed activations are reused by the next step, not re-mapped
-            return (yield from get_method(config.method).train(images_dir, labels, out, config,
-                                                                masks_dir=masks_dir, init=init))
-    finally:
-        trim_heap()  # the run's images and activations, freed by now, go back to the system
+    # freed activations are reused by the next step, not mapped again; when the run ends, however
+    # it ends, its images and activations, freed by now, go back to the system
+    with heap_reuse():
+        return (yield from get_method(config.method).train(images_dir, labels, out, config,
+                                                            masks_dir=masks_dir, init=init))
 
 
 def train_scorecam_unet(
