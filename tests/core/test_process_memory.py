@@ -83,8 +83,9 @@ from napari_artseg.synth import write_dataset
 from napari_artseg.training import train_pipeline
 
 torch.set_num_threads(1)
-if sys.argv[1] == "off":
-    process_memory.MALLOC_TRIM = None
+trims = []
+real_trim = process_memory.MALLOC_TRIM
+process_memory.MALLOC_TRIM = lambda pad: trims.append(pad) or real_trim(pad)
 work = tempfile.mkdtemp()
 for _ in write_dataset(work + "/set", n=8, size=1024, artifact_fraction=0.5, seed=1):
     pass
@@ -96,19 +97,23 @@ before = peak = status_kib("RssAnon")
 for event in train_pipeline(work + "/set/images", labels, work + "/model", config):
     peak = max(peak, status_kib("RssAnon"))
 gc.collect()
-print(json.dumps({"rise_kib": peak - before, "kept_kib": status_kib("RssAnon") - before}))
+print(json.dumps({"rise_kib": peak - before, "kept_kib": status_kib("RssAnon") - before,
+                  "trims": len(trims)}))
 """
 
 
-@pytest.mark.parametrize("mode", ["on", "off"])
-def test_a_finished_training_run_gives_its_memory_back(mode):
-    result = json.loads(_child_output(TRAINING_CHILD, mode))
+def test_a_finished_training_run_gives_its_memory_back():
+    """The run trims the heap when it ends, and most of what it held goes back to the system.
+
+    How much glibc keeps *without* the trim depends on the machine (all of 310 MB here, 61% of
+    379 MB on a CI machine, once), so the control is the trim call itself, counted in the child;
+    ``test_trimming_gives_freed_heap_memory_back`` shows the trim's effect on its own.
+    """
+    result = json.loads(_child_output(TRAINING_CHILD, "on"))
+    assert result["trims"] >= 1
     assert result["rise_kib"] > 150 * 1024  # the run held its images and activations
-    # measured: 60 of 310 MB kept with the trim (caches that live on), all 310 without
-    if mode == "on":
-        assert result["kept_kib"] < result["rise_kib"] / 3
-    else:  # without the trim glibc keeps it: the test can tell the difference
-        assert result["kept_kib"] > result["rise_kib"] * 2 / 3
+    # measured: 51-66 of 350-370 MB kept with the trim (caches that live on)
+    assert result["kept_kib"] < result["rise_kib"] / 3
 
 
 REUSE_CHILD = """
