@@ -11,7 +11,9 @@ from napari_artseg.postprocess import clean_mask
 from napari_artseg.training.thresholds import (
     MASK_CANDIDATES,
     MIN_SIZE_FRACTIONS,
+    MaskStatistics,
     choose_gate_and_mask,
+    choose_gate_and_mask_from,
     choose_gate_threshold,
     choose_mask_settings,
     f1_score,
@@ -157,3 +159,18 @@ def test_gate_rule_is_validated():
     assert preset("fast").gate_rule == preset("tiny").gate_rule == "classifier"
     with pytest.raises(ArtSegError, match="gate_rule"):
         preset("tiny", gate_rule="maybe")
+
+
+def test_statistics_gathered_image_by_image_choose_as_the_maps_do():
+    """Training adds each validation map as it is made and drops it; the choice is the same."""
+    rng = np.random.default_rng(4)
+    probs, targets = _maps(rng, 6)
+    scores, labels = rng.random(6), np.array([1, 0, 1, 0, 1, 0])
+    statistics = MaskStatistics()
+    for prob, target in zip(probs, targets, strict=True):
+        statistics.add(prob.copy(), target)
+    expected = choose_gate_and_mask(scores, labels, probs, targets, np.zeros(6, bool), "joint")
+    assert choose_gate_and_mask_from(statistics, scores, labels, np.zeros(6, bool),
+                                     "joint") == expected
+    with pytest.raises(ValueError, match="statistics of 6 maps for 5 gate scores"):
+        choose_gate_and_mask_from(statistics, scores[:5], labels[:5], np.zeros(5, bool))

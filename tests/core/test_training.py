@@ -10,6 +10,7 @@ from napari_artseg.errors import ArtSegError
 from napari_artseg.image_files import write_tiff
 from napari_artseg.labels_file import read_labels_csv
 from napari_artseg.training import train_pipeline
+from napari_artseg.training.classifier import VALIDATION_CHUNK
 
 
 @pytest.fixture
@@ -37,6 +38,48 @@ def test_events_cover_every_stage_in_order(tiny_dataset, labels, tmp_path):
     assert all("val_loss" in e.metrics and "train_loss" in e.metrics for e in epochs)
     assert all(0 <= e.step <= e.total for e in events if e.total)
     assert folder == tmp_path / "m" and (folder / "config.json").is_file()
+    # every epoch's validation counts its images up to the end, at the epoch's last step
+    for stage in ("classifier", "unet", "unet_finetune"):
+        judged = [e for e in events if e.stage == stage and e.kind == "validation"]
+        ends = [e.step for e in events if e.stage == stage and e.kind == "epoch"]
+        assert judged and {e.step for e in judged} == set(ends)
+        for end in ends:
+            counts = [e.metrics["validated"] for e in judged if e.step == end]
+            of = judged[0].metrics["of"]
+            # the classifier counts its views in chunks; the U-Net counts image by image
+            step = VALIDATION_CHUNK if stage == "classifier" else 1
+            assert counts == [min(of, done) for done in range(step, of + step, step)]
+    # thresholds: a gate-score step per chunk of views, then one per validation image's map
+    steps = [e for e in events if e.stage == "thresholds" and e.kind == "step"]
+    n_val = steps[-1].total // 2
+    assert n_val > 1 and [e.step for e in steps][-n_val:] == list(range(n_val + 1, 2 * n_val + 1))
+
+
+@pytest.mark.parametrize(("module", "stage", "kind"), [
+    ("napari_artseg.training.segmenter", "unet", "validation"),
+    ("napari_artseg.training.pipeline", "thresholds", "step"),
+])
+def test_cancel_stops_between_validation_images(tiny_dataset, labels, tmp_path, monkeypatch,
+                                                module, stage, kind):
+    """Validation and the choice of thresholds judge one image per step: a cancel there
+    stops after the image in hand, not after the whole validation split."""
+    import importlib
+
+    target = importlib.import_module(module)
+    calls = []
+    real = target.unet_probability
+    monkeypatch.setattr(target, "unet_probability",
+                        lambda *args, **kwargs: calls.append(1) or real(*args, **kwargs))
+    generator = train_pipeline(tiny_dataset / "images", labels, tmp_path / "m", preset("tiny"))
+    for event in generator:
+        if event.stage == stage and event.kind == kind and calls:
+            break
+    left = (event.metrics["of"] if kind == "validation" else event.total - event.step)
+    assert left > 1 and len(calls) == 1  # images were left to judge when it stopped
+    generator.close()
+    assert len(calls) == 1
+    document = json.loads((tmp_path / "m" / "config.json").read_text())
+    assert document["status"] == "partial"
 
 
 def test_deletion_rule_with_per_image_thresholds_records_what_flipped(tiny_dataset, labels,
@@ -211,14 +254,14 @@ def test_mask_ties_move_toward_half_only_after_the_unet_made_its_own_targets(
     from napari_artseg.training import pipeline
 
     seen = []
-    real = pipeline.choose_gate_and_mask
+    real = pipeline.choose_gate_and_mask_from
 
     def recording(*args):
         seen.append(args[-1])  # own_targets
         gate, _, fraction, report = real(*args)
         return gate, 0.2, fraction, report  # image F1 chose 0.2
 
-    monkeypatch.setattr(pipeline, "choose_gate_and_mask", recording)
+    monkeypatch.setattr(pipeline, "choose_gate_and_mask_from", recording)
     config = preset("tiny", self_training_rounds=rounds)
     _, folder = run_all(train_pipeline(tiny_dataset / "images", labels, tmp_path / "m", config))
     assert seen == [rounds > 0]

@@ -164,7 +164,9 @@ def batches(epoch):
 
 def validate(net):
     with torch.no_grad():
-        return {"val_loss": float(((net(data) - target) ** 2).mean()) + rank}
+        loss = float(((net(data) - target) ** 2).mean()) + rank
+    yield 1, 1
+    return {"val_loss": loss}
 
 config = preset("tiny", amp=False, learning_rate=0.05)
 gen = fit("toy", model, config, 3, torch.device("cpu"), batches, 3,

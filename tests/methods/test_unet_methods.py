@@ -44,6 +44,10 @@ def test_supervised_unet_trains_on_masks_and_ranks_artifact_pixels_first(supervi
         "gate", "mask", "min_size_px"}
     assert document["n_curated_masks"] == 16 and document["n_skipped_no_mask"] == 0
     assert {e.stage for e in events} >= {"data", "unet", "thresholds", "save"}
+    # the thresholds are chosen image by image, a progress step (and a place to stop) each
+    n_val = sum(row["split"] == "val" for row in csv.DictReader(open(folder / "manifest.csv")))
+    steps = [e.step for e in events if e.stage == "thresholds" and e.kind == "step"]
+    assert n_val > 1 and steps == list(range(1, n_val + 1))
     model = ArtSegModel.load(folder, device="cpu")
     assert model.classifier is None and model.document["method"] == "supervised_unet"
     assert map_auroc(model, eval_set) > 0.65

@@ -43,3 +43,21 @@ def test_complete_run_fills_every_stage_it_ran_and_a_stop_marks_one(make_napari_
     progress.finish(complete=False)
     assert progress.bars["classifier"].value() == BAR_STEPS // 4
     assert progress.eta_labels["classifier"].text() == "stopped"
+
+
+def test_validation_events_keep_the_bar_at_the_epoch_end(make_napari_viewer, qtbot):
+    make_napari_viewer()
+    progress = StageProgress()
+    qtbot.addWidget(progress)
+    progress.on_event(ProgressEvent("unet", 5, 10, message="epoch 1/2"))
+    for done in (1, 2, 3):
+        progress.on_event(ProgressEvent("unet", 5, 10, kind="validation",
+                                        metrics={"validated": done, "of": 3},
+                                        message=f"epoch 1/2: validating {done}/3"))
+        assert progress.bars["unet"].value() == BAR_STEPS // 2
+    progress.on_event(ProgressEvent("thresholds", kind="stage", message="choosing thresholds"))
+    progress.on_event(ProgressEvent("thresholds", 3, 4, message="synth_0003.tif"))
+    assert progress.bars["unet"].value() == BAR_STEPS  # the stage before ended
+    assert progress.titles["thresholds"] == "Thresholds (validation images)"
+    assert progress.bars["thresholds"].value() == 3 * BAR_STEPS // 4
+    progress.close_napari_bars()

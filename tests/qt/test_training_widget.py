@@ -90,6 +90,11 @@ def test_training_run_in_worker(artseg, qtbot):
     short = {s: training.progress.bars[s].value() for s in STAGES
              if training.progress.bars[s].value() != training.progress.bars[s].maximum()}
     assert not short, f"bars not full: {short}; stage order {[e.stage for e in events]}"
+    # the choice of thresholds has its bar too (it judges every validation image), and each
+    # epoch's validation reported its images
+    assert training.progress.bars["thresholds"].value() == training.progress.bars[
+        "thresholds"].maximum()
+    assert {e.stage for e in events if e.kind == "validation"} >= {"classifier", "unet"}
     qtbot.waitUntil(lambda: training.plot.points == 3 * len(rows),  # rendered off the GUI thread
                     timeout=RUN_TIMEOUT_MS)
     assert training.plot.rows == rows

@@ -30,9 +30,10 @@ OTHER_TITLES: dict[str, str] = {
     "patchsvdd_memory": "PatchSVDD memory",
     "calibration": "Calibration",
     "members": "Ensemble members",
+    "thresholds": "Thresholds (validation images)",
 }
 #: Short bookkeeping stages without a bar.
-NO_BAR = ("data", "thresholds", "save")
+NO_BAR = ("data", "save")
 BAR_STEPS = 1000
 #: napari's activity-dock bars are updated at most this often (each update repaints there).
 NAPARI_UPDATE_S = 0.25

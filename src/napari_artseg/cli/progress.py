@@ -37,7 +37,9 @@ def run_with_progress(generator: Generator[Any, None, Any], quiet: bool = False)
             if event.total and bar.total != event.total:
                 bar.total = event.total
             bar.n = event.step
-            if event.loss is not None:
+            if event.kind == "validation":
+                bar.set_postfix_str(event.message, refresh=False)
+            elif event.loss is not None:
                 bar.set_postfix(loss=f"{event.loss:.4f}", refresh=False)
             bar.refresh()
             if event.kind in ("epoch", "stage") and event.message:

@@ -244,7 +244,7 @@ class AnomalyMethod(Method):
             run.metadata["calibration"] = calibration.to_dict()
             yield ProgressEvent("thresholds", kind="stage", message="choosing thresholds")
             model = AnomalyModel(run.document(), detector, calibration, run.device)
-            thresholds, report = choose_thresholds(model, items, val_idx, config)
+            thresholds, report = yield from choose_thresholds(model, items, val_idx, config)
             run.metadata.update(thresholds=thresholds, validation_metrics=report)
             yield ProgressEvent("save", kind="stage", message=f"saving {run.out}")
             run.save()

@@ -131,7 +131,7 @@ class ScoreCAMAlone(Method):
             run.tables["manifest"] = manifest(items, val_idx)
             yield ProgressEvent("thresholds", kind="stage", message="choosing thresholds")
             model = ScoreCAMModel(run.document(), classifier, run.device)
-            thresholds, report = choose_thresholds(model, items, val_idx, config)
+            thresholds, report = yield from choose_thresholds(model, items, val_idx, config)
             run.metadata.update(thresholds=thresholds, validation_metrics={
                 "classifier": best_row(fit.history, fit.best_epoch), **report})
             yield ProgressEvent("save", kind="stage", message=f"saving {run.out}")

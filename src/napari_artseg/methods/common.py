@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Generator
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +18,7 @@ from ..predictor import ArtSegModel
 from ..training.data import TrainingItem
 from ..training.ddp import barrier, is_rank_zero
 from ..training.events import ProgressEvent
-from ..training.thresholds import choose_gate_and_mask, f1_score
+from ..training.thresholds import MaskStatistics, choose_gate_and_mask_from, f1_score
 
 #: The minimum size (share of the image area) used when no validation image shows an artifact.
 FALLBACK_MIN_SIZE_FRACTION = 0.0005
@@ -97,7 +98,7 @@ class MethodRun:
 
 def choose_thresholds(
     model: ArtSegModel, items: list[TrainingItem], val_idx: list[int], config: ArtSegConfig,
-) -> tuple[dict[str, float], dict[str, Any]]:
+) -> Generator[ProgressEvent, None, tuple[dict[str, float], dict[str, Any]]]:
     """Gate, mask and minimum-size settings of any method, chosen on the validation split.
 
     The gate, mask threshold and minimum size are searched together as in
@@ -105,22 +106,31 @@ def choose_thresholds(
     in the config; items without a ``target`` take no part in the IoU). Settings
     given in ``config`` win. Without an artifact image among the validation labels the gate and the
     mask threshold fall back to 0.5 (the calibration's midpoint).
+
+    A generator: a ``thresholds`` event after each validation image, so the stage shows
+    progress and can be stopped between images; returns ``(thresholds, report)``.
     """
     val_items = [items[i] for i in val_idx]
     labels = np.array([item.label for item in val_items], dtype=bool)
-    scores, probs = [], []
-    for item in val_items:  # score then map of one image: one pass for map-gated methods
-        scores.append(model.artifact_score(item.image))
-        probs.append(model.processing_map(item.image).numpy())
-    model.clear_cache()
+    scores = []
+    statistics = MaskStatistics()  # each map reduced as it is made, never all held at once
+    try:
+        for done, item in enumerate(val_items, start=1):
+            # score then map of one image: one pass for map-gated methods
+            scores.append(model.artifact_score(item.image))
+            prob = model.processing_map(item.image).numpy()
+            if labels.any():
+                statistics.add(prob, None if item.target is None
+                               else item.target[0].numpy() >= 0.5)
+            yield ProgressEvent("thresholds", done, len(val_items), message=item.key)
+    finally:
+        model.clear_cache()
     scores = np.array(scores)
     report: dict[str, Any] = {}
     if labels.any():
-        targets = [None if item.target is None else item.target[0].numpy() >= 0.5
-                   for item in val_items]
         curated = np.array([item.curated for item in val_items])
-        gate, threshold, fraction, report = choose_gate_and_mask(
-            scores, labels, probs, targets, curated, config.gate_rule, config.gate_threshold)
+        gate, threshold, fraction, report = choose_gate_and_mask_from(
+            statistics, scores, labels, curated, config.gate_rule, config.gate_threshold)
     else:
         gate, threshold, fraction = 0.5, 0.5, FALLBACK_MIN_SIZE_FRACTION
         report["note"] = "no artifact image in the validation split: calibration defaults"

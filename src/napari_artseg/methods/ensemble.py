@@ -219,7 +219,7 @@ class Ensemble(Method):
                                 n_images_on_disk=count_on_disk(items))
             yield ProgressEvent("thresholds", kind="stage", message="choosing thresholds")
             model = EnsembleModel(run.document(), models, weights, run.device)
-            thresholds, report = choose_thresholds(model, items, val_idx, config)
+            thresholds, report = yield from choose_thresholds(model, items, val_idx, config)
         run.metadata.update(thresholds=thresholds, validation_metrics=report)
         run.tables["manifest"] = manifest(items, val_idx)
         yield ProgressEvent("save", kind="stage", message=f"saving {run.out}")

@@ -68,7 +68,7 @@ def train_unet_run(
         run.tables["manifest"] = manifest(items, val_idx, targets)
         yield ProgressEvent("thresholds", kind="stage", message="choosing thresholds")
         model = ArtSegModel(run.document(), None, unet, run.device)
-        thresholds, report = choose_thresholds(model, items, val_idx, config)
+        thresholds, report = yield from choose_thresholds(model, items, val_idx, config)
         run.metadata.update(thresholds=thresholds, validation_metrics={
             "unet": best_row(fit.history, fit.best_epoch), **report})
         yield ProgressEvent("save", kind="stage", message=f"saving {run.out}")

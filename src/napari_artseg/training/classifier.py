@@ -15,7 +15,10 @@ from ..models import ResNetClassifier
 from .data import TrainingItem, d4, epoch_order, global_view, random_scale, symmetry_mean
 from .ddp import local_batch, rank_generator, rank_share
 from .events import ProgressEvent
-from .loop import FitResult, fit
+from .loop import FitResult, Validation, fit
+
+#: Validation views judged between two progress events (one event per chunk).
+VALIDATION_CHUNK = 16
 
 
 def build_classifier(config: ArtSegConfig) -> ResNetClassifier:
@@ -107,9 +110,14 @@ def train_classifier(
     def loss_fn(logits: torch.Tensor, batch) -> torch.Tensor:
         return F.binary_cross_entropy_with_logits(logits, batch[1])
 
-    def validate(net: torch.nn.Module) -> dict[str, float]:
-        probs = classifier_probabilities(net, [views[i] for i in val_idx], device,
-                                         amp=config.amp)
+    def validate(net: torch.nn.Module) -> Validation:
+        chunks = []
+        for start in range(0, len(val_idx), VALIDATION_CHUNK):
+            chosen = val_idx[start:start + VALIDATION_CHUNK]
+            chunks.append(classifier_probabilities(net, [views[i] for i in chosen], device,
+                                                   amp=config.amp))
+            yield start + len(chosen), len(val_idx)
+        probs = np.concatenate(chunks) if chunks else np.zeros(0, dtype=np.float32)
         truth = labels[val_idx].numpy()
         clipped = np.clip(probs, 1e-7, 1 - 1e-7)
         loss = float(-np.mean(truth * np.log(clipped) + (1 - truth) * np.log(1 - clipped)))

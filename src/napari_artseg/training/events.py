@@ -22,7 +22,9 @@ class ProgressEvent:
     kind : str
         ``step`` (inside an epoch), ``epoch`` (an epoch ended: ``metrics`` holds
         ``epoch``, ``train_loss``, ``val_loss`` and the validation metrics),
-        ``stage`` (a stage started or ended) or ``info``.
+        ``validation`` (the epoch's validation images are being judged: ``metrics``
+        holds ``validated`` and ``of``; ``step`` stays at the epoch's end), ``stage``
+        (a stage started or ended) or ``info``.
     loss : float or None
         The latest training loss.
     metrics : dict

@@ -26,6 +26,8 @@ from .events import ProgressEvent
 from .prefetch import pin_batch, pin_memory_for, prefetch, prefetch_depth
 
 Batch = tuple[torch.Tensor, ...]
+#: What a validation generator yields after each image or batch: (done, of).
+Validation = Generator[tuple[int, int], None, dict[str, float]]
 
 
 @dataclass
@@ -106,6 +108,21 @@ def train_step(
         return loss
 
 
+def _report_validation(
+    validation: Validation, stage: str, epoch: int, epochs: int, step: int, total: int,
+) -> Generator[ProgressEvent, None, dict[str, float]]:
+    """Drive one epoch's validation, a ``validation`` event per count it yields."""
+    with contextlib.closing(validation):
+        while True:
+            try:
+                done, of = next(validation)
+            except StopIteration as stop:
+                return stop.value
+            yield ProgressEvent(stage, step, total, kind="validation",
+                                metrics={"validated": done, "of": of},
+                                message=f"epoch {epoch}/{epochs}: validating {done}/{of}")
+
+
 def fit(
     stage: str,
     model: torch.nn.Module,
@@ -115,7 +132,7 @@ def fit(
     batches: Callable[[int], Iterable[Batch]],
     n_batches: int,
     loss_fn: Callable[[torch.Tensor, Batch], torch.Tensor],
-    validate: Callable[[torch.nn.Module], dict[str, float]],
+    validate: Callable[[torch.nn.Module], Validation],
     learning_rate: float | None = None,
     prefetch_batches: int | None = None,
     keep_last: bool = False,
@@ -142,7 +159,10 @@ def fit(
     loss_fn : callable
         ``loss_fn(output, batch)`` with the batch already on ``device``.
     validate : callable
-        ``validate(model)`` returns a dict with ``val_loss`` and other metrics.
+        ``validate(model)`` is a generator that yields ``(done, of)`` after each image or
+        batch it judged and returns a dict with ``val_loss`` and other metrics; each
+        count becomes a ``validation`` event, so a long validation shows its progress
+        and can be stopped between images.
     learning_rate : float, optional
         Overrides ``config.learning_rate`` (fine-tuning uses a smaller one).
     prefetch_batches : int, optional
@@ -158,7 +178,8 @@ def fit(
     Yields
     ------
     ProgressEvent
-        ``step`` events per batch and an ``epoch`` event per epoch.
+        ``step`` events per batch, ``validation`` events while the epoch is judged
+        (at the epoch's last step) and an ``epoch`` event per epoch.
 
     Returns
     -------
@@ -200,7 +221,11 @@ def fit(
                 yield ProgressEvent(stage, step, total, loss=losses[-1],
                                     message=f"epoch {epoch}/{epochs}")
         model.eval()
-        metrics = broadcast(validate(model) if is_rank_zero() else None)  # same steps on all
+        metrics = None
+        if is_rank_zero():  # the other ranks wait in broadcast: same steps on all
+            metrics = yield from _report_validation(validate(model), stage, epoch, epochs,
+                                                    epoch * n_batches, total)
+        metrics = broadcast(metrics)
         val_loss = float(metrics["val_loss"])
         if keep_last:
             scheduler.step()

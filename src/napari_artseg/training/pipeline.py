@@ -26,6 +26,7 @@ from ..device import release_memory, resolve_device
 from ..model_files import read_model_document, save_model
 from ..process_memory import heap_reuse
 from ..training.classifier import (
+    VALIDATION_CHUNK,
     build_classifier,
     classifier_probabilities,
     global_views,
@@ -53,7 +54,11 @@ from ..training.segmenter import (
     train_unet,
     unet_probability,
 )
-from ..training.thresholds import choose_gate_and_mask, extent_and_fallback
+from ..training.thresholds import (
+    MaskStatistics,
+    choose_gate_and_mask_from,
+    extent_and_fallback,
+)
 from .ddp import barrier, is_rank_zero
 from .events import ProgressEvent
 from .saliency_cache import SaliencyCache, default_cache_folder
@@ -138,19 +143,33 @@ def _cache_report(cache: SaliencyCache | None) -> dict[str, Any]:
 def _choose_thresholds(classifier, unet, items, val_idx, config, device, pseudo, own_targets):
     """Gate, mask and minimum-size settings chosen on the validation split.
 
+    A generator: a ``thresholds`` event after each chunk of gate scores (counted per view)
+    and after each validation image's U-Net map (``2 * len(val_idx)`` steps in all), so the
+    stage shows progress and can be stopped between images; returns ``(thresholds, report)``.
+
     ``own_targets``: the pseudo-labelled images' targets are the U-Net's own masks
     (self-training or a parent's masks), which moves ties toward a mask threshold of 0.5
     and, with ``mask_fallback``, makes a lower chosen threshold the empty-mask fallback.
     """
     val_items = [items[i] for i in val_idx]
     labels = np.array([item.label for item in val_items])
-    scores = classifier_probabilities(classifier, global_views(val_items, config), device,
-                                      amp=config.amp, symmetries=config.gate_symmetries)
-    probs = [unet_probability(unet, item.image, config, device).cpu().numpy() for item in val_items]
-    targets = [item.target[0].numpy() >= 0.5 for item in val_items]
+    total = 2 * len(val_items)
+    chunks = []
+    for start in range(0, len(val_items), VALIDATION_CHUNK):
+        chosen = val_items[start:start + VALIDATION_CHUNK]
+        chunks.append(classifier_probabilities(classifier, global_views(chosen, config), device,
+                                               amp=config.amp,
+                                               symmetries=config.gate_symmetries))
+        yield ProgressEvent("thresholds", start + len(chosen), total, message="gate scores")
+    scores = np.concatenate(chunks) if chunks else np.zeros(0, dtype=np.float32)
+    statistics = MaskStatistics()  # each map reduced as it is made, never all held at once
+    for done, item in enumerate(val_items, start=len(val_items) + 1):
+        statistics.add(unet_probability(unet, item.image, config, device).cpu().numpy(),
+                       item.target[0].numpy() >= 0.5)
+        yield ProgressEvent("thresholds", done, total, message=item.key)
     curated = np.array([item.curated for item in val_items])
-    gate, threshold, fraction, report = choose_gate_and_mask(
-        scores, labels, probs, targets, curated, config.gate_rule, config.gate_threshold,
+    gate, threshold, fraction, report = choose_gate_and_mask_from(
+        statistics, scores, labels, curated, config.gate_rule, config.gate_threshold,
         own_targets)
     fallback = None
     if config.mask_threshold is not None:
@@ -343,8 +362,9 @@ def _train_scorecam_unet(images_dir, labels, out: Path, config: ArtSegConfig, ma
             fit_u = fit_r
         networks["unet"] = unet
         yield ProgressEvent("thresholds", kind="stage", message="choosing thresholds")
-        thresholds, report = _choose_thresholds(classifier, unet, items, val_idx, config, device,
-                                                pseudo, targets_are_own(pseudo_report))
+        thresholds, report = yield from _choose_thresholds(
+            classifier, unet, items, val_idx, config, device, pseudo,
+            targets_are_own(pseudo_report))
         metadata.update(thresholds=thresholds, pseudo_labels=pseudo_report,
                         validation_metrics={
                             "classifier": fit_c.history[fit_c.best_epoch - 1] if fit_c.history

@@ -15,7 +15,7 @@ from ..tiling import predict_tiled
 from .data import TrainingItem, d4, epoch_order, random_crop
 from .ddp import gather_dict, local_batch, rank_generator, rank_share, split
 from .events import ProgressEvent
-from .loop import FitResult, fit
+from .loop import FitResult, Validation, fit
 
 
 def build_unet(config: ArtSegConfig) -> UNet:
@@ -164,9 +164,9 @@ def train_unet(
 
     judged = judged_validation(items, val_idx, config.curated_validation)
 
-    def validate(net: torch.nn.Module) -> dict[str, float]:
+    def validate(net: torch.nn.Module) -> Validation:
         losses, inter, union = [], 0.0, 0.0
-        for i in judged:
+        for done, i in enumerate(judged, start=1):
             prob = unet_probability(net, items[i].image, config, device).cpu().clamp(1e-6, 1 - 1e-6)
             target = items[i].target[0]
             bce = -(target * prob.log() + (1 - target) * (1 - prob).log()).mean()
@@ -174,6 +174,7 @@ def train_unet(
             pred, truth = prob >= 0.5, target >= 0.5
             inter += float((pred & truth).sum())
             union += float((pred | truth).sum())
+            yield done, len(judged)
         iou = inter / union if union else 1.0
         return {"val_loss": float(np.mean(losses)), "val_iou": iou}
 

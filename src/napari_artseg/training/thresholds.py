@@ -113,29 +113,51 @@ def extent_and_fallback(threshold: float, own_targets: bool,
     return float(threshold), None
 
 
-class _Components:
-    """Per image and mask threshold: object sizes and their overlap with the target.
+class MaskStatistics:
+    """Per validation image and mask threshold: object sizes and their overlap with the target.
 
-    Enough to score every minimum size and gate without labelling a map twice.
+    Enough to score every minimum size and gate without labelling a map twice. Built
+    image by image with :meth:`add`, so a caller can judge each validation image as its
+    map is made and drop the map (only the objects' sizes are kept).
     """
 
-    def __init__(self, probs: list[np.ndarray], targets: list[np.ndarray | None]):
-        self.pixels = [int(prob.size) for prob in probs]
-        self.target_sums = [0.0 if t is None else float(np.sum(t)) for t in targets]
-        self.stats: dict[tuple[int, float], tuple[np.ndarray, np.ndarray]] = {}
-        for i, (prob, target) in enumerate(zip(probs, targets, strict=True)):
-            for threshold in MASK_CANDIDATES:
-                labelled, count = ndimage.label(np.asarray(prob) >= threshold)
-                flat = labelled.ravel()
-                sizes = np.bincount(flat, minlength=count + 1)[1:]
-                overlap = (np.bincount(flat, weights=np.asarray(target).ravel().astype(float),
-                                       minlength=count + 1)[1:]
-                           if target is not None else np.zeros(count))
-                self.stats[i, threshold] = sizes, overlap
+    def __init__(self) -> None:
+        self.pixels: list[int] = []
+        self.target_sums: list[float] = []
+        self.has_target: list[bool] = []
+        self.stats: list[dict[float, tuple[np.ndarray, np.ndarray]]] = []
+
+    @classmethod
+    def of(cls, probs: list[np.ndarray], targets: list[np.ndarray | None]) -> MaskStatistics:
+        """The statistics of several maps and their targets (None: no target)."""
+        statistics = cls()
+        for prob, target in zip(probs, targets, strict=True):
+            statistics.add(prob, target)
+        return statistics
+
+    def add(self, prob: np.ndarray, target: np.ndarray | None) -> None:
+        """Label one image's map at every mask candidate and keep its objects' statistics."""
+        prob = np.asarray(prob)
+        self.pixels.append(int(prob.size))
+        self.target_sums.append(0.0 if target is None else float(np.sum(target)))
+        self.has_target.append(target is not None)
+        weights = None if target is None else np.asarray(target).ravel().astype(float)
+        per_threshold = {}
+        for threshold in MASK_CANDIDATES:
+            labelled, count = ndimage.label(prob >= threshold)
+            flat = labelled.ravel()
+            sizes = np.bincount(flat, minlength=count + 1)[1:]
+            overlap = (np.bincount(flat, weights=weights, minlength=count + 1)[1:]
+                       if weights is not None else np.zeros(count))
+            per_threshold[threshold] = sizes, overlap
+        self.stats.append(per_threshold)
+
+    def __len__(self) -> int:
+        return len(self.pixels)
 
     def kept(self, i: int, threshold: float, fraction: float) -> tuple[bool, float, float]:
         """Whether image ``i``'s mask is non-empty, its area and its overlap with the target."""
-        sizes, overlap = self.stats[i, threshold]
+        sizes, overlap = self.stats[i][threshold]
         min_size = int(round(fraction * self.pixels[i]))
         keep = sizes >= min_size if min_size > 1 else np.ones(sizes.shape, bool)
         return bool(keep.any()), float(sizes[keep].sum()), float(overlap[keep].sum())
@@ -155,10 +177,10 @@ def _objective(use_curated: bool, toward_half: bool, threshold: float, f1: float
     return round(f1, 4), round(iou, 4)
 
 
-def _search_mask(components: _Components, labels: np.ndarray, gate_passed: np.ndarray,
-                 has_target: list[bool], curated: np.ndarray,
-                 own_targets: bool) -> tuple[tuple, float, float, dict]:
+def _search_mask(components: MaskStatistics, labels: np.ndarray, gate_passed: np.ndarray,
+                 curated: np.ndarray, own_targets: bool) -> tuple[tuple, float, float, dict]:
     """The best mask threshold and minimum size for one gate, with its objective key."""
+    has_target = components.has_target
     use_curated = bool(np.any(curated))
     toward_half = own_targets or not any(has_target)
     best_key, best = None, (0.5, 0.0, {})
@@ -218,8 +240,8 @@ def choose_mask_settings(
         The objective values of the chosen setting.
     """
     _, threshold, fraction, report = _search_mask(
-        _Components(probs, targets), np.asarray(labels).astype(bool), np.asarray(gate_passed),
-        [t is not None for t in targets], np.asarray(curated, dtype=bool), own_targets)
+        MaskStatistics.of(probs, targets), np.asarray(labels).astype(bool),
+        np.asarray(gate_passed), np.asarray(curated, dtype=bool), own_targets)
     return threshold, fraction, report
 
 
@@ -256,18 +278,37 @@ def choose_gate_and_mask(
     report : dict
         The objective values of the chosen setting and the number of gates tried.
     """
+    return choose_gate_and_mask_from(MaskStatistics.of(probs, targets), scores, labels, curated,
+                                     rule, gate, own_targets)
+
+
+def choose_gate_and_mask_from(
+    statistics: MaskStatistics,
+    scores: np.ndarray,
+    labels: np.ndarray,
+    curated: np.ndarray,
+    rule: str = "joint",
+    gate: float | None = None,
+    own_targets: bool = False,
+) -> tuple[float, float, float, dict[str, Any]]:
+    """:func:`choose_gate_and_mask` on statistics gathered image by image.
+
+    ``statistics`` holds one entry per validation image, in the order of ``scores``,
+    ``labels`` and ``curated`` (:meth:`MaskStatistics.add` as each map is made); the
+    other parameters and the result are those of :func:`choose_gate_and_mask`.
+    """
     if rule not in GATE_RULES:
         raise ValueError(f"gate_rule must be one of {', '.join(GATE_RULES)}, not {rule!r}")
     scores = np.asarray(scores, dtype=float)
+    if len(statistics) != len(scores):
+        raise ValueError(f"statistics of {len(statistics)} maps for {len(scores)} gate scores")
     labels = np.asarray(labels).astype(bool)
     candidates = [float(gate)] if gate is not None else gate_candidates(scores, labels, rule)
-    components = _Components(probs, targets)
-    has_target = [t is not None for t in targets]
     curated = np.asarray(curated, dtype=bool)
     best = None
     for candidate in candidates:
-        key, threshold, fraction, report = _search_mask(components, labels, scores >= candidate,
-                                                        has_target, curated, own_targets)
+        key, threshold, fraction, report = _search_mask(statistics, labels, scores >= candidate,
+                                                        curated, own_targets)
         if best is None or key > best[0]:
             best = (key, candidate, threshold, fraction, report)
     _, chosen, threshold, fraction, report = best
