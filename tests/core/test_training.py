@@ -90,6 +90,10 @@ def test_deletion_rule_with_per_image_thresholds_records_what_flipped(tiny_datas
     assert "pseudo_thresholds" in [e.stage for e in events if e.kind == "stage"]
     document = json.loads((folder / "config.json").read_text())
     report = document["pseudo_labels"]
+    # the threshold's deletion test counts its validation images, then the per-image one its maps
+    tested = [e.step for e in events if e.stage == "pseudo_thresholds" and e.kind == "step"]
+    assert report["n_images"] > 1
+    assert tested[:report["n_images"]] == list(range(1, report["n_images"] + 1))
     assert {"n_images", "n_flipped", "n_own_threshold"} <= set(report)
     assert 0 <= report["n_flipped"] <= report["n_images"]
     assert 0 < document["thresholds"]["pseudo_label"] <= 1

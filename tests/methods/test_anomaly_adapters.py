@@ -55,6 +55,10 @@ def test_detector_trains_on_clean_images_and_ranks_artifact_pixels_first(
     if detectors is None:
         assert len(seen) == len(fitted)
     assert {"data", name, "calibration", "thresholds", "save"} <= {e.stage for e in events}
+    # calibration and the thresholds count their validation images, one step (and stop) each
+    for stage in ("calibration", "thresholds"):
+        steps = [e for e in events if e.stage == stage and e.kind == "step"]
+        assert len(steps) > 1 and [e.step for e in steps] == list(range(1, steps[-1].total + 1))
     model = ArtSegModel.load(folder, device="cpu")
     assert isinstance(model, AnomalyModel) and not model.has_classifier
     assert map_auroc(model, eval_set) > 0.6

@@ -235,8 +235,11 @@ class AnomalyMethod(Method):
                 i: "detector" for i in train_idx if items[i].label == 0})
             yield ProgressEvent("calibration", kind="stage",
                                 message=f"calibrating on {len(clean_val)} clean validation images")
-            pooled = np.concatenate([raw_scores(detector, item.image).numpy().ravel()
-                                     for item in clean_val])
+            parts = []
+            for done, item in enumerate(clean_val, start=1):
+                parts.append(raw_scores(detector, item.image).numpy().ravel())
+                yield ProgressEvent("calibration", done, len(clean_val), message=item.key)
+            pooled = np.concatenate(parts)
             if pooled.size > CALIBRATION_PIXELS:
                 rng = np.random.default_rng(config.seed)
                 pooled = rng.choice(pooled, CALIBRATION_PIXELS, replace=False)

@@ -318,8 +318,10 @@ def _train_scorecam_unet(images_dir, labels, out: Path, config: ArtSegConfig, ma
         if pseudo is None and config.pseudo_label_rule == "otsu":
             pseudo, pseudo_report = otsu_pseudo_threshold(maps)
         elif pseudo is None:
-            pseudo, pseudo_report = choose_pseudo_threshold(classifier, items, maps, val_idx,
-                                                            config, device)
+            yield ProgressEvent("pseudo_thresholds", kind="stage",
+                                message="pseudo-label threshold (deletion test, validation)")
+            pseudo, pseudo_report = yield from choose_pseudo_threshold(classifier, items, maps,
+                                                                       val_idx, config, device)
         own = None
         if config.pseudo_label_per_image:
             yield ProgressEvent("pseudo_thresholds", 0, len(maps), kind="stage",

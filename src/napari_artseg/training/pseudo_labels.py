@@ -106,18 +106,20 @@ def deletion_threshold(
 def choose_pseudo_threshold(
     classifier: ResNetClassifier, items: list[TrainingItem], maps: dict[int, torch.Tensor],
     val_idx: list[int], config: ArtSegConfig, device: torch.device,
-) -> tuple[float, dict[str, float]]:
+) -> Generator[ProgressEvent, None, tuple[float, dict[str, float]]]:
     """Choose the pseudo-label threshold on the validation artifact images.
 
-    Returns the threshold and a small report (``n_images``, ``n_flipped``).
+    A generator: a ``pseudo_thresholds`` event per image tested. Returns the threshold
+    and a small report (``n_images``, ``n_flipped``).
     """
     found = []
     candidates = [i for i in val_idx if items[i].label == 1 and i in maps]
-    for index in candidates:
+    for done, index in enumerate(candidates, start=1):
         view = global_view(items[index].image, config.input_size)
         value = deletion_threshold(classifier, view, maps[index], device)
         if value is not None:
             found.append(value)
+        yield ProgressEvent("pseudo_thresholds", done, len(candidates), message=items[index].key)
     threshold = float(np.median(found)) if found else FALLBACK_THRESHOLD
     return threshold, {"n_images": len(candidates), "n_flipped": len(found)}
 
