@@ -19,7 +19,11 @@ view per image at scale 1):
    batches made in the training loop (depth 0) against made one background
    thread ahead (2 batches), timed from the start to the epoch's last training
    step (validation excluded); the report says which of the two training itself
-   uses with these threads and cores (``prefetch.prefetch_depth``).
+   uses with these threads and cores (``prefetch.prefetch_depth``). A third mode,
+   "batches only", skips the training steps (``loop.train_step`` replaced by a
+   no-op): the time one thread needs to make the epoch's batches, which bounds how
+   fast a device whose steps take less could train. The epochs run with freed
+   memory kept for reuse, as training runs them (``process_memory.heap_reuse``).
 
 The modes are interleaved over rounds and each keeps its fastest round, because
 the machine may be shared; ratios come from one run. The first round of each
@@ -48,6 +52,7 @@ from bench_common import drain, machine
 from napari_artseg.atomic import atomic_write_text
 from napari_artseg.config import preset
 from napari_artseg.labels_file import read_labels_csv
+from napari_artseg.process_memory import heap_reuse
 from napari_artseg.synth import write_dataset
 from napari_artseg.training import loop
 from napari_artseg.training.classifier import build_classifier
@@ -114,28 +119,32 @@ def unet_epoch(items, config, rounds: int) -> dict:
     for item in items:
         item.target = (item.image > item.image.mean() + item.image.std()).float()
     train_idx, val_idx = list(range(len(items) - 1)) * 4, [len(items) - 1]  # 4 crops each
-    best = {0: float("inf"), 2: float("inf")}
+    modes = {"batches in the loop": 0, "prefetch 2": 2, "batches only": 0}
+    best = dict.fromkeys(modes, float("inf"))
     chosen = prefetch_depth(CPU)  # what training itself would use here
+    step = loop.train_step
     try:
         for _ in range(rounds):
-            for depth in best:
+            for mode, depth in modes.items():
                 loop.prefetch_depth = lambda device, depth=depth: depth
+                loop.train_step = (lambda *args: 0.0) if mode == "batches only" else step
                 torch.manual_seed(0)
                 generator = train_unet(items, train_idx, val_idx, config, CPU, build_unet(config))
                 start = time.perf_counter()
                 for event in generator:
                     if event.kind == "step" and event.step == event.total:
-                        best[depth] = min(best[depth], time.perf_counter() - start)
+                        best[mode] = min(best[mode], time.perf_counter() - start)
                         generator.close()
                         break
     finally:
-        loop.prefetch_depth = prefetch_depth
+        loop.prefetch_depth, loop.train_step = prefetch_depth, step
     steps = -(-len(train_idx) // config.batch_size)
     return {"train_images": len(train_idx), "batch_size": config.batch_size, "steps": steps,
             "torch_threads": torch.get_num_threads(), "usable_cores": usable_cores(),
-            "training_default_depth": chosen,
-            "seconds": {"batches in the loop": best[0], "prefetch 2": best[2]},
-            "speed_up_prefetch": best[0] / best[2]}
+            "training_default_depth": chosen, "seconds": best,
+            "speed_up_prefetch": best["batches in the loop"] / best["prefetch 2"],
+            "ms_per_batch": {mode: 1000 * seconds / steps for mode, seconds in best.items()},
+            "batch_making_share": best["batches only"] / best["batches in the loop"]}
 
 
 def main() -> None:
@@ -160,7 +169,8 @@ def main() -> None:
         report["pseudo_labels"] = pseudo_label_stage(items, data / "images", config,
                                                      Path(tmp) / "cache", rounds)
         print(json.dumps(report["pseudo_labels"], indent=1), flush=True)
-        report["unet_epoch"] = unet_epoch(items, config, rounds)
+        with heap_reuse():  # as train_pipeline runs its epochs
+            report["unet_epoch"] = unet_epoch(items, config, rounds)
         print(json.dumps(report["unet_epoch"], indent=1), flush=True)
     report["load_average_end"] = os.getloadavg()
     report["total_seconds"] = time.perf_counter() - started
