@@ -1,21 +1,28 @@
-"""Folder prediction with freed memory kept for reuse, against glibc's own thresholds.
+"""Folder prediction and export with freed memory kept for reuse, against glibc's own thresholds.
 
-``artseg predict`` on a folder (``cli/predict_loop.run_serial``) and the viewer's
-prediction job keep freed heap memory for the next image while they run
+``artseg predict`` on a folder (``cli/predict_loop.run_serial``), the viewer's
+prediction job and, since session 21, ``export_project`` and the retrain
+evaluation keep freed heap memory for the next image while they run
 (:func:`napari_artseg.process_memory.heap_reuse`). glibc's adaptive thresholds
 cannot be restored inside a process once set, so each run is a fresh child
-process that calls the ``artseg predict`` command line on the same folder,
-alternately with the thresholds kept (the default) and with glibc's own
+process that calls the command line on the same inputs, alternately with the
+thresholds kept (the default) and with glibc's own
 (``process_memory.MALLOPT = None``). Each child reports its wall time, system
 time and minor page faults (``getrusage``); printed: every run, the fastest of
 each mode and their ratio. The model is an untrained ``fast`` one (the time does
-not depend on the weights), the gate is off so the U-Net runs on every image.
+not depend on the weights) with the gate at 0, so the U-Net runs on every image.
+
+``--job predict`` (default): ``artseg predict --no-gate`` on the folder.
+``--job export``: ``artseg export --no-model`` of a project on the folder with that
+model current and no cached predictions, so every image is predicted, and its
+mask, artifact-free image and QC row written.
 Training's side of the same change is measured by ``bench_training_memory.py``
 (arm "in memory, glibc's thresholds").
 
 Usage::
 
-    python benchmarks/bench_heap_reuse.py [--images 100] [--size 512] [--rounds 3]
+    python benchmarks/bench_heap_reuse.py [--job predict|export] [--images 100] [--size 512]
+        [--rounds 3]
 """
 
 from __future__ import annotations
@@ -23,6 +30,7 @@ from __future__ import annotations
 import argparse
 import json
 import shlex
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -35,6 +43,7 @@ from bench_common import machine
 from bench_predict import make_model
 from bench_read_ahead import write_inputs
 from napari_artseg.atomic import atomic_write_text
+from napari_artseg.project import Project
 
 CHILD = r"""
 import json, resource, sys, time
@@ -45,8 +54,12 @@ torch.set_num_threads(int(sys.argv[1]))
 if sys.argv[2] == "glibc":
     process_memory.MALLOPT = None  # glibc's own thresholds, as before session 20
 start = time.perf_counter()
-code = main(["predict", "--model", sys.argv[3], "--out", sys.argv[4], "--no-gate", "--overwrite",
-             "--quiet", sys.argv[5]])
+if sys.argv[6] == "export":  # the model is the project's current one; sys.argv[3] unused
+    code = main(["export", "--project", sys.argv[5], "--out", sys.argv[4], "--no-model",
+                 "--device", "cpu", "--quiet"])
+else:
+    code = main(["predict", "--model", sys.argv[3], "--out", sys.argv[4], "--no-gate",
+                 "--overwrite", "--quiet", sys.argv[5]])
 usage = resource.getrusage(resource.RUSAGE_SELF)
 print("RESULT", json.dumps({"exit": code, "seconds": time.perf_counter() - start,
                             "system_seconds": usage.ru_stime,
@@ -56,11 +69,24 @@ print("RESULT", json.dumps({"exit": code, "seconds": time.perf_counter() - start
 MODES = ("heap kept for reuse", "glibc's thresholds")
 
 
-def run_child(threads: int, mode: str, model: Path, out: Path, inputs: Path) -> dict:
-    """One ``artseg predict`` child; its RESULT line as a dict."""
+def export_project_folder(images: Path, model: Path) -> Path:
+    """A project on ``images`` whose current model is ``model`` with its gate open (at 0)."""
+    project = Project.create(images)
+    current = project.models_dir / model.name
+    shutil.copytree(model, current)
+    document = json.loads((current / "config.json").read_text())
+    document["thresholds"]["gate"] = 0.0  # every image reaches the U-Net, as --no-gate does
+    atomic_write_text(current / "config.json", json.dumps(document, indent=1))
+    project.set_current_model(model.name)
+    return project.folder
+
+
+def run_child(threads: int, mode: str, model: Path, out: Path, inputs: Path,
+              job: str = "predict") -> dict:
+    """One ``artseg predict`` (or ``export``) child; its RESULT line as a dict."""
     done = subprocess.run([sys.executable, "-c", CHILD, str(threads),
                            "glibc" if mode == MODES[1] else "reuse", str(model), str(out),
-                           str(inputs)], capture_output=True, text=True)
+                           str(inputs), job], capture_output=True, text=True)
     for line in done.stdout.splitlines():
         if line.startswith("RESULT "):
             return json.loads(line[len("RESULT "):])
@@ -74,24 +100,31 @@ def main() -> int:
     parser.add_argument("--size", type=int, default=512)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())
-    parser.add_argument("--json", default="benchmarks/results/perf_heap_reuse.json")
+    parser.add_argument("--job", choices=("predict", "export"), default="predict")
+    parser.add_argument("--json", help="default: benchmarks/results/perf_heap_reuse[_export].json")
     args = parser.parse_args()
+    args.json = args.json or ("benchmarks/results/perf_heap_reuse"
+                              f"{'_export' if args.job == 'export' else ''}.json")
     torch.set_num_threads(args.threads)  # as the children run (recorded with the machine)
     with tempfile.TemporaryDirectory(prefix="artseg-bench-heap-") as tmp:
         work = Path(tmp)
         write_inputs(work / "in", args.size, args.images)
         model = make_model(work, "fast")
+        inputs = work / "in"
+        if args.job == "export":
+            inputs = export_project_folder(inputs, model)
         runs: list[dict] = []
         for round_ in range(args.rounds):
             for mode in MODES:
-                result = run_child(args.threads, mode, model, work / "out", work / "in")
+                result = run_child(args.threads, mode, model, work / "out", inputs, args.job)
                 runs.append({"round": round_ + 1, "mode": mode, **result})
                 print(f"round {round_ + 1}, {mode}: {result['seconds']:.2f} s, system "
                       f"{result['system_seconds']:.2f} s, {result['minor_page_faults']:,} minor "
                       "page faults", flush=True)
     best = {mode: min(r["seconds"] for r in runs if r["mode"] == mode) for mode in MODES}
     ratio = best[MODES[1]] / best[MODES[0]]
-    print(f"{args.images} images of {args.size} px, fast preset, {args.threads} torch threads: "
+    print(f"artseg {args.job}, {args.images} images of {args.size} px, fast preset, "
+          f"{args.threads} torch threads: "
           f"fastest {best[MODES[0]]:.2f} s kept for reuse, {best[MODES[1]]:.2f} s with glibc's "
           f"thresholds: {ratio:.2f}x")
     report = {"command": shlex.join(["python", *sys.argv]), "machine": machine(),

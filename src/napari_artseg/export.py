@@ -39,6 +39,7 @@ from .errors import ArtSegError
 from .image_files import image_key, read_image, write_tiff
 from .postprocess import chosen_cuts, final_mask
 from .prediction_cache import PredictionCache
+from .process_memory import heap_reuse
 from .provenance import utc_now
 from .qc_table import decide, mask_statistics, parse_well, write_qc_tables
 from .training.events import ProgressEvent
@@ -398,17 +399,19 @@ def export_project(
     yield ProgressEvent("export", 0, len(images), kind="stage",
                         message=f"exporting {len(images)} image(s) to {out}")
     try:
-        for index, image in enumerate(images, start=1):
-            try:
-                row = _image_row(project, image, masks, options, out, report)
-                report.rows.append(row)
-            except (ArtSegError, OSError, ValueError, RuntimeError) as exc:
-                text = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-                report.errors[image] = text
-                report.rows.append({"image": image, **parse_well(image, options.well_patterns),
-                                    "mask_source": "none", "decision": "unknown",
-                                    "label": project.labels.get(image) or ""})
-            yield ProgressEvent("export", index, len(images), message=image)
+        with heap_reuse():  # freed memory is kept for the next image, not mapped again
+            for index, image in enumerate(images, start=1):
+                try:
+                    row = _image_row(project, image, masks, options, out, report)
+                    report.rows.append(row)
+                except (ArtSegError, OSError, ValueError, RuntimeError) as exc:
+                    text = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+                    report.errors[image] = text
+                    report.rows.append({"image": image,
+                                        **parse_well(image, options.well_patterns),
+                                        "mask_source": "none", "decision": "unknown",
+                                        "label": project.labels.get(image) or ""})
+                yield ProgressEvent("export", index, len(images), message=image)
     finally:
         masks.release()
     for source in MASK_SOURCES:

@@ -49,6 +49,7 @@ from .errors import ArtSegError
 from .export import current_model_folder
 from .image_files import read_image, read_mask
 from .model_files import read_model_document, rows_to_csv
+from .process_memory import heap_reuse
 from .provenance import ProvenanceTable
 from .training.data import LABEL_VALUES, mask_path_for
 from .training.events import ProgressEvent
@@ -190,13 +191,14 @@ def evaluate_on_masks(
     model = ArtSegModel.load(model_folder, device=device)
     pairs, maps = [], []
     try:
-        for index, image in enumerate(images, start=1):
-            loaded = read_image(project.image_path(image))
-            truth = read_mask(mask_path_for(project.masks_dir, image), loaded.data.shape)
-            result = model.predict(loaded.data, pixel_size_um=loaded.pixel_size_um)
-            pairs.append((image, result.mask, truth))
-            maps.append((result.probability, truth))
-            yield ProgressEvent(stage, index, len(images), message=image)
+        with heap_reuse():  # freed memory is kept for the next image, not mapped again
+            for index, image in enumerate(images, start=1):
+                loaded = read_image(project.image_path(image))
+                truth = read_mask(mask_path_for(project.masks_dir, image), loaded.data.shape)
+                result = model.predict(loaded.data, pixel_size_um=loaded.pixel_size_um)
+                pairs.append((image, result.mask, truth))
+                maps.append((result.probability, truth))
+                yield ProgressEvent(stage, index, len(images), message=image)
     finally:
         from .device import release_memory
 

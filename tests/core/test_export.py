@@ -149,3 +149,20 @@ def test_torchscript_export_follows_the_method(tiny_dataset, tmp_path):
     assert "no classifier" in readme and "classifier.torchscript.pt" not in readme
     saliency_only = train_method("scorecam", images, labels, tmp_path / "cam", preset("tiny"))
     assert write_torchscript(saliency_only, tmp_path / "out") == []
+
+
+def test_export_keeps_freed_memory_while_it_goes_through_the_images(project, tmp_path,
+                                                                   monkeypatch):
+    from napari_artseg import process_memory
+
+    calls = []  # heap_reuse's glibc calls, recorded instead of made
+    monkeypatch.setattr(process_memory, "MALLOPT", lambda *call: calls.append(call) or 1)
+    generator = export_project(project, tmp_path / "out", ExportOptions(), device="cpu")
+    next(generator)  # the stage event, before the images
+    assert calls == []
+    next(generator)  # the first image is exported
+    job = [(process_memory.M_MMAP_THRESHOLD, process_memory.JOB_MMAP_THRESHOLD),
+           (process_memory.M_TRIM_THRESHOLD, process_memory.JOB_TRIM_THRESHOLD)]
+    assert calls == job
+    drain(generator)
+    assert calls == [*job, (process_memory.M_TRIM_THRESHOLD, process_memory.IDLE_TRIM_THRESHOLD)]

@@ -181,3 +181,22 @@ def test_retrain_keeps_the_classifier_when_the_labels_are_those_it_was_trained_o
                                                            for k, v in labels.items()))
     assert main(command) == 0
     assert "classifier was kept" not in capsys.readouterr().out
+
+
+def test_the_evaluation_keeps_freed_memory_while_it_predicts(tiny_dataset, tiny_model, tmp_path,
+                                                             monkeypatch):
+    from napari_artseg import process_memory
+    from napari_artseg.retrain import evaluate_on_masks
+
+    calls = []  # heap_reuse's glibc calls, recorded instead of made
+    monkeypatch.setattr(process_memory, "MALLOPT", lambda *call: calls.append(call) or 1)
+    project = _project(tiny_dataset, tmp_path, model=tiny_model)
+    images = curated_images(project)[:2]
+    generator = evaluate_on_masks(tiny_model, project, images, device="cpu")
+    next(generator)
+    job = [(process_memory.M_MMAP_THRESHOLD, process_memory.JOB_MMAP_THRESHOLD),
+           (process_memory.M_TRIM_THRESHOLD, process_memory.JOB_TRIM_THRESHOLD)]
+    assert calls == job  # set while the held-out images are predicted
+    for _ in generator:
+        pass
+    assert calls == [*job, (process_memory.M_TRIM_THRESHOLD, process_memory.IDLE_TRIM_THRESHOLD)]
