@@ -121,3 +121,31 @@ def test_padim_can_use_the_projects_classifier_as_backbone(tiny_dataset, labels,
     assert model.detector.params["backbone"] == "classifier" and not model.has_classifier
     image = np.random.default_rng(6).normal(300, 30, (80, 64)).astype(np.float32)
     assert model.predict(image, gate=False).probability.shape == (80, 64)
+
+
+class _Ramp:
+    """A stand-in detector whose raw score of a pixel is its value."""
+
+    def score_map(self, image):
+        return image[0]
+
+
+@pytest.mark.parametrize("limit", [10**6, 500])
+def test_calibration_takes_a_bounded_share_of_each_image(monkeypatch, limit):
+    """Every pixel while they fit; past the limit each image gives its share, drawn as its
+    map is made (the maps are never held together)."""
+    from types import SimpleNamespace
+
+    from napari_artseg.methods import anomaly_methods
+
+    monkeypatch.setattr(anomaly_methods, "CALIBRATION_PIXELS", limit)
+    shapes = [(40, 40), (20, 40), (40, 60)]  # 1,600 + 800 + 2,400 = 4,800 pixels
+    items = [SimpleNamespace(key=f"i{n}", image=torch.full((1, *shape), float(n)))
+             for n, shape in enumerate(shapes)]
+    events, pooled = drain(anomaly_methods.clean_calibration_scores(_Ramp(), items, seed=0))
+    assert [e.step for e in events] == [1, 2, 3] and {e.stage for e in events} == {"calibration"}
+    counts = [int((pooled == n).sum()) for n in range(3)]
+    if limit > 4800:
+        assert counts == [1600, 800, 2400]  # all of them, as before the limit existed
+    else:
+        assert counts == [167, 84, 250]  # 500 shared in proportion (rounded up)

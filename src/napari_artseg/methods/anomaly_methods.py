@@ -8,7 +8,9 @@ percentile of their pixel scores and ``t = (c - median) / 4``, so a clean
 pixel's median score maps to about 0.018 and ``c`` to 0.5. Artifact-labelled
 images are used only on the validation split, to choose the gate and mask
 thresholds (without any, the calibration's 0.5 is the threshold). There is no
-classifier gate: the gate score is the maximum of the calibrated map.
+classifier gate: the gate score is the maximum of the calibrated map. The calibration
+sees at most about :data:`CALIBRATION_PIXELS` clean pixels, a seeded random share of each
+image in proportion to its size (:func:`clean_calibration_scores`).
 
 PaDiM's backbone is by default an autoencoder trained on the clean images. With
 ``anomaly_params={"padim": {"backbone": "classifier"}}`` the project's classifier,
@@ -20,7 +22,7 @@ from __future__ import annotations
 
 import math
 import os
-from collections.abc import Generator
+from collections.abc import Generator, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -34,6 +36,7 @@ from ..model_files import load_tensors
 from ..predictor import ArtSegModel, MapAsLogits
 from ..training.classifier import train_classifier
 from ..training.data import (
+    TrainingItem,
     check_label_counts,
     count_on_disk,
     load_training_items,
@@ -82,6 +85,30 @@ def raw_scores(detector: Any, image: torch.Tensor) -> torch.Tensor:
     _, h, w = image.shape
     scores = detector.score_map(pad_to_min(image.float().cpu()))
     return scores[:h, :w].float().cpu()
+
+
+def clean_calibration_scores(
+    detector: Any, items: Sequence[TrainingItem], seed: int,
+) -> Generator[ProgressEvent, None, np.ndarray]:
+    """Raw scores of clean validation pixels for the calibration, about
+    :data:`CALIBRATION_PIXELS` of them at most.
+
+    Each image gives a seeded random share of its pixels in proportion to its size (all of
+    them when the images hold :data:`CALIBRATION_PIXELS` or fewer), drawn as its map is made,
+    so the maps are never held together. A ``calibration`` event per image.
+    """
+    sizes = [int(np.prod(item.image.shape[-2:])) for item in items]
+    total = max(1, sum(sizes))
+    rng = np.random.default_rng(seed)
+    parts = []
+    for done, (item, size) in enumerate(zip(items, sizes, strict=True), start=1):
+        scores = raw_scores(detector, item.image).numpy().ravel()
+        quota = math.ceil(CALIBRATION_PIXELS * size / total)
+        if scores.size > quota:
+            scores = rng.choice(scores, quota, replace=False)
+        parts.append(scores)
+        yield ProgressEvent("calibration", done, len(items), message=item.key)
+    return np.concatenate(parts)
 
 
 @dataclass
@@ -235,14 +262,7 @@ class AnomalyMethod(Method):
                 i: "detector" for i in train_idx if items[i].label == 0})
             yield ProgressEvent("calibration", kind="stage",
                                 message=f"calibrating on {len(clean_val)} clean validation images")
-            parts = []
-            for done, item in enumerate(clean_val, start=1):
-                parts.append(raw_scores(detector, item.image).numpy().ravel())
-                yield ProgressEvent("calibration", done, len(clean_val), message=item.key)
-            pooled = np.concatenate(parts)
-            if pooled.size > CALIBRATION_PIXELS:
-                rng = np.random.default_rng(config.seed)
-                pooled = rng.choice(pooled, CALIBRATION_PIXELS, replace=False)
+            pooled = yield from clean_calibration_scores(detector, clean_val, config.seed)
             calibration = Calibration.fit(pooled, config.anomaly_calibration_percentile)
             run.metadata["calibration"] = calibration.to_dict()
             yield ProgressEvent("thresholds", kind="stage", message="choosing thresholds")
