@@ -16,6 +16,7 @@ STAGES: dict[str, str] = {
     "unet": "U-Net",
     "self_training": "Self-training targets",
     "unet_finetune": "U-Net fine-tuning",
+    "thresholds": "Thresholds (validation images)",
 }
 #: Titles of optional stages and of the other methods' stages; their bars are added when the
 #: stage first runs (per-image deletion-test thresholds run only with ``pseudo_label_per_image``).
@@ -30,7 +31,6 @@ OTHER_TITLES: dict[str, str] = {
     "patchsvdd_memory": "PatchSVDD memory",
     "calibration": "Calibration",
     "members": "Ensemble members",
-    "thresholds": "Thresholds (validation images)",
 }
 #: Short bookkeeping stages without a bar.
 NO_BAR = ("data", "save")
