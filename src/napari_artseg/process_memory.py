@@ -99,9 +99,9 @@ def heap_reuse() -> Generator[bool, None, None]:
     the same activations again has the kernel zero-fill the same amount of
     memory every time (millions of page faults in a short ``fast`` run;
     docs/performance.md, "Training throughput" and "Folder prediction", measures
-    them). Training (``train_pipeline``), ``artseg predict`` on a folder and the
-    viewer's prediction job run inside it. Inside the block, blocks up to
-    :data:`JOB_MMAP_THRESHOLD` come from the heaps and up to
+    them). Training (``train_pipeline``), ``artseg predict`` on a folder, the
+    viewer's prediction job, export and the retrain evaluation run inside it.
+    Inside the block, blocks up to :data:`JOB_MMAP_THRESHOLD` come from the heaps and up to
     :data:`JOB_TRIM_THRESHOLD` of free heap top is kept. When a block ends,
     however it ends, the heap is trimmed (:func:`trim_heap`: the job's freed
     memory goes back to the system); when the last of the process's blocks (jobs

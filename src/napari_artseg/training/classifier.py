@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Generator, Sequence
+from collections.abc import Callable, Generator, Sequence
 
 import numpy as np
 import torch
@@ -68,6 +68,25 @@ def classifier_probabilities(
     return torch.cat(out).numpy() if out else np.zeros(0, dtype=np.float32)
 
 
+def counted_probabilities(
+    model: ResNetClassifier, count: int,
+    views_of: Callable[[int, int], Sequence[torch.Tensor]], device: torch.device,
+    amp: bool = True, symmetries: int = 1,
+) -> Generator[tuple[int, int], None, np.ndarray]:
+    """:func:`classifier_probabilities` of ``count`` views, :data:`VALIDATION_CHUNK` at a time.
+
+    ``views_of(start, stop)`` makes the views of one chunk (so they need not all be made
+    at once); yields ``(done, count)`` after each chunk and returns the probabilities.
+    """
+    chunks = []
+    for start in range(0, count, VALIDATION_CHUNK):
+        stop = min(count, start + VALIDATION_CHUNK)
+        chunks.append(classifier_probabilities(model, views_of(start, stop), device, amp=amp,
+                                               symmetries=symmetries))
+        yield stop, count
+    return np.concatenate(chunks) if chunks else np.zeros(0, dtype=np.float32)
+
+
 def train_classifier(
     items: list[TrainingItem],
     train_idx: list[int],
@@ -111,13 +130,9 @@ def train_classifier(
         return F.binary_cross_entropy_with_logits(logits, batch[1])
 
     def validate(net: torch.nn.Module) -> Validation:
-        chunks = []
-        for start in range(0, len(val_idx), VALIDATION_CHUNK):
-            chosen = val_idx[start:start + VALIDATION_CHUNK]
-            chunks.append(classifier_probabilities(net, [views[i] for i in chosen], device,
-                                                   amp=config.amp))
-            yield start + len(chosen), len(val_idx)
-        probs = np.concatenate(chunks) if chunks else np.zeros(0, dtype=np.float32)
+        probs = yield from counted_probabilities(
+            net, len(val_idx), lambda start, stop: [views[i] for i in val_idx[start:stop]],
+            device, amp=config.amp)
         truth = labels[val_idx].numpy()
         clipped = np.clip(probs, 1e-7, 1 - 1e-7)
         loss = float(-np.mean(truth * np.log(clipped) + (1 - truth) * np.log(1 - clipped)))

@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Callable, Generator
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
+
+T = TypeVar("T")
 
 
 @dataclass
@@ -45,3 +49,18 @@ class ProgressEvent:
     def fraction(self) -> float:
         """Share of the stage done, in [0, 1] (0 when the total is unknown)."""
         return min(1.0, self.step / self.total) if self.total else 0.0
+
+
+def as_events(counts: Generator[tuple[int, int], None, T],
+              event: Callable[[int, int], ProgressEvent]) -> Generator[ProgressEvent, None, T]:
+    """Drive a generator that yields ``(done, of)`` counts, yielding ``event(done, of)`` for each.
+
+    Returns what ``counts`` returns; closing this generator closes ``counts``.
+    """
+    with contextlib.closing(counts):
+        while True:
+            try:
+                done, of = next(counts)
+            except StopIteration as stop:
+                return stop.value
+            yield event(done, of)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import functools
 import itertools
 import math
 from collections.abc import Callable, Generator, Iterable
@@ -22,7 +23,7 @@ import torch
 from ..config import ArtSegConfig
 from ..device import autocast, release_memory
 from ..errors import ArtSegError
-from .events import ProgressEvent
+from .events import ProgressEvent, as_events
 from .prefetch import pin_batch, pin_memory_for, prefetch, prefetch_depth
 
 Batch = tuple[torch.Tensor, ...]
@@ -108,19 +109,12 @@ def train_step(
         return loss
 
 
-def _report_validation(
-    validation: Validation, stage: str, epoch: int, epochs: int, step: int, total: int,
-) -> Generator[ProgressEvent, None, dict[str, float]]:
-    """Drive one epoch's validation, a ``validation`` event per count it yields."""
-    with contextlib.closing(validation):
-        while True:
-            try:
-                done, of = next(validation)
-            except StopIteration as stop:
-                return stop.value
-            yield ProgressEvent(stage, step, total, kind="validation",
-                                metrics={"validated": done, "of": of},
-                                message=f"epoch {epoch}/{epochs}: validating {done}/{of}")
+def _validation_event(stage: str, epoch: int, epochs: int, step: int, total: int, done: int,
+                      of: int) -> ProgressEvent:
+    """The event of ``done`` of ``of`` validation images judged after ``epoch``."""
+    return ProgressEvent(stage, step, total, kind="validation",
+                         metrics={"validated": done, "of": of},
+                         message=f"epoch {epoch}/{epochs}: validating {done}/{of}")
 
 
 def fit(
@@ -223,8 +217,8 @@ def fit(
         model.eval()
         metrics = None
         if is_rank_zero():  # the other ranks wait in broadcast: same steps on all
-            metrics = yield from _report_validation(validate(model), stage, epoch, epochs,
-                                                    epoch * n_batches, total)
+            metrics = yield from as_events(validate(model), functools.partial(
+                _validation_event, stage, epoch, epochs, epoch * n_batches, total))
         metrics = broadcast(metrics)
         val_loss = float(metrics["val_loss"])
         if keep_last:

@@ -26,9 +26,8 @@ from ..device import release_memory, resolve_device
 from ..model_files import read_model_document, save_model
 from ..process_memory import heap_reuse
 from ..training.classifier import (
-    VALIDATION_CHUNK,
     build_classifier,
-    classifier_probabilities,
+    counted_probabilities,
     global_views,
     train_classifier,
 )
@@ -60,7 +59,7 @@ from ..training.thresholds import (
     extent_and_fallback,
 )
 from .ddp import barrier, is_rank_zero
-from .events import ProgressEvent
+from .events import ProgressEvent, as_events
 from .saliency_cache import SaliencyCache, default_cache_folder
 from .spill import TensorSpill
 
@@ -154,14 +153,11 @@ def _choose_thresholds(classifier, unet, items, val_idx, config, device, pseudo,
     val_items = [items[i] for i in val_idx]
     labels = np.array([item.label for item in val_items])
     total = 2 * len(val_items)
-    chunks = []
-    for start in range(0, len(val_items), VALIDATION_CHUNK):
-        chosen = val_items[start:start + VALIDATION_CHUNK]
-        chunks.append(classifier_probabilities(classifier, global_views(chosen, config), device,
-                                               amp=config.amp,
-                                               symmetries=config.gate_symmetries))
-        yield ProgressEvent("thresholds", start + len(chosen), total, message="gate scores")
-    scores = np.concatenate(chunks) if chunks else np.zeros(0, dtype=np.float32)
+    scores = yield from as_events(
+        counted_probabilities(classifier, len(val_items),
+                              lambda start, stop: global_views(val_items[start:stop], config),
+                              device, amp=config.amp, symmetries=config.gate_symmetries),
+        lambda done, _of: ProgressEvent("thresholds", done, total, message="gate scores"))
     statistics = MaskStatistics()  # each map reduced as it is made, never all held at once
     for done, item in enumerate(val_items, start=len(val_items) + 1):
         statistics.add(unet_probability(unet, item.image, config, device).cpu().numpy(),
