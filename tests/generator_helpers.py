@@ -10,3 +10,13 @@ def drain(generator):
             next(generator)
     except StopIteration as stop:
         return stop.value
+
+
+def collect(generator):
+    """Run a progress generator to its end; return (its events, its return value)."""
+    events = []
+    while True:
+        try:
+            events.append(next(generator))
+        except StopIteration as stop:
+            return events, stop.value

@@ -11,6 +11,7 @@ import tifffile
 from scipy import ndimage as ndi
 from skimage.morphology import skeletonize
 
+from generator_helpers import collect as _run
 from napari_artseg.labels_file import read_labels_csv
 from napari_artseg.synth import (
     ARTIFACT_KINDS,
@@ -19,16 +20,6 @@ from napari_artseg.synth import (
     image_rng,
     write_dataset,
 )
-
-
-def _run(gen):
-    """Exhaust a write_dataset generator; return (progress list, summary)."""
-    progress = []
-    while True:
-        try:
-            progress.append(next(gen))
-        except StopIteration as stop:
-            return progress, stop.value
 
 
 def _sample(seed: int, size=128, **kwargs) -> SynthSample:

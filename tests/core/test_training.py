@@ -5,6 +5,7 @@ import json
 import numpy as np
 import pytest
 
+from generator_helpers import collect as run_all
 from napari_artseg.config import preset
 from napari_artseg.errors import ArtSegError
 from napari_artseg.image_files import write_tiff
@@ -16,15 +17,6 @@ from napari_artseg.training.classifier import VALIDATION_CHUNK
 @pytest.fixture
 def labels(tiny_dataset):
     return read_labels_csv(tiny_dataset / "labels.csv").labels
-
-
-def run_all(generator):
-    events = []
-    while True:
-        try:
-            events.append(next(generator))
-        except StopIteration as stop:
-            return events, stop.value
 
 
 def test_events_cover_every_stage_in_order(tiny_dataset, labels, tmp_path):

@@ -18,6 +18,7 @@ import pytest
 import tifffile
 import torch
 
+from generator_helpers import collect as drain
 from napari_artseg.cli import main
 from napari_artseg.config import preset
 from napari_artseg.labels_file import read_labels_csv
@@ -32,15 +33,6 @@ TOLERANCE = 0.03
 pytestmark = pytest.mark.skipif(
     DEVICE == "cuda" and not torch.cuda.is_available(),
     reason="needs a CUDA GPU (ARTSEG_TEST_DEVICE=cpu runs these tests on the CPU)")
-
-
-def drain(generator):
-    events = []
-    while True:
-        try:
-            events.append(next(generator))
-        except StopIteration as stop:
-            return events, stop.value
 
 
 @pytest.fixture(scope="module")

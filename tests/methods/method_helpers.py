@@ -1,4 +1,4 @@
-"""Helpers of the method tests: AUROC of a model's maps, draining generators, and a detector
+"""Helpers of the method tests: AUROC of a model's maps, and a detector
 that follows the contract of ``napari_artseg.methods.anomaly``.
 
 ``LocalStatsDetector`` follows the detector contract (``__init__(params, device, seed)``,
@@ -106,12 +106,3 @@ def map_auroc(model, folder: Path) -> float:
         truths.append(read_mask(folder / "masks" / path.name).ravel())
     return pixel_auroc(np.concatenate(scores), np.concatenate(truths))
 
-
-def drain(generator):
-    """Run a progress generator to its end; return (events, result)."""
-    events = []
-    while True:
-        try:
-            events.append(next(generator))
-        except StopIteration as stop:
-            return events, stop.value

@@ -12,9 +12,10 @@ import json
 import numpy as np
 import pytest
 import torch
-from method_helpers import ANOMALY, anomaly_params, drain, map_auroc
+from method_helpers import ANOMALY, anomaly_params, map_auroc
 from safetensors.torch import load_file, save_file
 
+from generator_helpers import collect as drain
 from napari_artseg.config import preset
 from napari_artseg.errors import ArtSegError, ModelFileError
 from napari_artseg.methods.anomaly_methods import AnomalyModel, raw_scores

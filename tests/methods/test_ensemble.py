@@ -7,8 +7,9 @@ import shutil
 
 import numpy as np
 import pytest
-from method_helpers import drain, map_auroc
+from method_helpers import map_auroc
 
+from generator_helpers import collect as drain
 from napari_artseg.config import preset
 from napari_artseg.errors import ArtSegError
 from napari_artseg.methods.ensemble import EnsembleModel

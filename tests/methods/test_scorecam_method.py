@@ -7,8 +7,9 @@ import json
 import numpy as np
 import pytest
 import torch
-from method_helpers import drain, map_auroc
+from method_helpers import map_auroc
 
+from generator_helpers import collect as drain
 from napari_artseg.config import preset
 from napari_artseg.errors import ArtSegError
 from napari_artseg.methods.classifier_methods import ScoreCAMModel
