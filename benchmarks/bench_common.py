@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import os
 import platform
+import shlex
+import sys
 
 import torch
 
@@ -15,6 +17,13 @@ def machine() -> dict:
     return {"cpu": cpu, "cores": os.cpu_count(), "torch": torch.__version__,
             "threads": torch.get_num_threads(), "load_average": os.getloadavg(),
             "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None}
+
+
+def run_report(args, **fields) -> dict:
+    """The head of a results JSON, the command as typed, :func:`machine` and the
+    arguments, followed by ``fields``."""
+    return {"command": shlex.join(["python", *sys.argv]), "machine": machine(),
+            "args": vars(args), **fields}
 
 
 def drain(generator):

@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import shlex
 import shutil
 import subprocess
 import sys
@@ -39,7 +38,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_common import machine
+from bench_common import run_report
 from bench_predict import make_model
 from bench_read_ahead import write_inputs
 from napari_artseg.atomic import atomic_write_text
@@ -127,9 +126,7 @@ def main() -> int:
           f"{args.threads} torch threads: "
           f"fastest {best[MODES[0]]:.2f} s kept for reuse, {best[MODES[1]]:.2f} s with glibc's "
           f"thresholds: {ratio:.2f}x")
-    report = {"command": shlex.join(["python", *sys.argv]), "machine": machine(),
-              "args": vars(args), "runs": runs, "fastest_seconds": best,
-              "speed_up_heap_reuse": ratio}
+    report = run_report(args, runs=runs, fastest_seconds=best, speed_up_heap_reuse=ratio)
     atomic_write_text(Path(args.json), json.dumps(report, indent=1))
     return 0
 

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import shlex
 import sys
 import tempfile
 import time
@@ -26,7 +25,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_common import machine
+from bench_common import run_report
 from napari_artseg.atomic import atomic_write_text
 from napari_artseg.config import preset
 from napari_artseg.labels_file import read_labels_csv
@@ -86,9 +85,7 @@ def main() -> int:
         longest[row["stage"]] = max(longest.get(row["stage"], 0.0), row["wait_s"])
     print("longest wait per stage: " + ", ".join(f"{stage} {wait:.2f} s"
                                                   for stage, wait in longest.items()))
-    report = {"command": shlex.join(["python", *sys.argv]), "machine": machine(),
-              "args": vars(args), "total_seconds": total, "events": rows,
-              "longest_wait_per_stage_s": longest}
+    report = run_report(args, total_seconds=total, events=rows, longest_wait_per_stage_s=longest)
     atomic_write_text(Path(args.json), json.dumps(report, indent=1))
     return 0
 

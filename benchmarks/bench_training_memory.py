@@ -38,7 +38,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import shlex
 import subprocess
 import sys
 import tempfile
@@ -48,7 +47,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file
 
-from bench_common import machine
+from bench_common import run_report
 from napari_artseg.atomic import atomic_write_text
 from napari_artseg.synth import write_dataset
 
@@ -173,8 +172,7 @@ def main() -> int:
                      **run_child(args.threads, data, out, budget, args.limit_gb, trim, reuse)}
         print(f"{key}: {runs[key]}", flush=True)
     image_bytes = args.n * args.size * args.size * 4
-    report = {"command": shlex.join(["python", *sys.argv]), "machine": machine(),
-              "args": vars(args), "image_bytes_float32": image_bytes, "runs": runs}
+    report = run_report(args, image_bytes_float32=image_bytes, runs=runs)
     done = {name: run for name, run in runs.items() if "failed" not in run}
     for run in done.values():
         document = json.loads((Path(run["out"]) / "config.json").read_text())
