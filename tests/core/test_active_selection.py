@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from generator_helpers import drain
 
+from generator_helpers import drain
 from napari_artseg.active_selection import (
     classifier_uncertainty,
     expected_errors,

@@ -88,7 +88,6 @@ def test_configs_written_before_the_rule_keep_every_curated_mask_where_it_fell()
 
 def test_keep_last_anneals_the_rate_to_zero_and_keeps_the_last_weights():
     from generator_helpers import drain
-
     from napari_artseg.training.loop import fit
 
     torch.manual_seed(0)

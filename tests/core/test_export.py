@@ -10,8 +10,8 @@ import zipfile
 import numpy as np
 import pytest
 import tifffile
-from generator_helpers import drain
 
+from generator_helpers import drain
 from napari_artseg.cli import main
 from napari_artseg.curation import CuratedMasks, MaskEdit
 from napari_artseg.export import ExportOptions, export_project

@@ -4,8 +4,8 @@ import csv
 import shutil
 
 import pytest
-from generator_helpers import drain
 
+from generator_helpers import drain
 from napari_artseg.config import preset
 from napari_artseg.labels_file import read_labels_csv
 from napari_artseg.training import train_pipeline

@@ -6,8 +6,8 @@ import shutil
 import numpy as np
 import pytest
 import torch
-from generator_helpers import drain
 
+from generator_helpers import drain
 from napari_artseg.config import preset
 from napari_artseg.image_files import write_tiff
 from napari_artseg.labels_file import read_labels_csv

@@ -9,8 +9,8 @@ import json
 
 import numpy as np
 import tifffile
-from generator_helpers import drain
 
+from generator_helpers import drain
 from napari_artseg.config import preset
 from napari_artseg.labels_file import read_labels_csv
 from napari_artseg.predictor import ArtSegModel

@@ -1,8 +1,8 @@
 """The U-Net's epochs are judged on human-given targets when curated masks are in validation."""
 
 import torch
-from generator_helpers import drain
 
+from generator_helpers import drain
 from napari_artseg.config import preset
 from napari_artseg.training.data import TrainingItem
 from napari_artseg.training.segmenter import judged_validation, train_unet, unet_probability
