@@ -21,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import ArtSegError
+from .errors import ArtSegError, first_line
 from .image_files import read_image, read_mask, write_tiff
 from .training.data import mask_path_for
 from .training.events import ProgressEvent
@@ -232,7 +232,7 @@ def fill_folder(
                 write_tiff(target, to_stored_dtype(filled, loaded.dtype), loaded.pixel_size_um)
             result.written[key] = target.relative_to(out).as_posix()
         except (ArtSegError, OSError, ValueError) as exc:
-            result.errors[key] = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+            result.errors[key] = first_line(exc)
         finally:
             yield ProgressEvent("fill", index, len(chosen), message=key)
     return result

@@ -21,3 +21,40 @@ class ModelFileError(ArtSegError):
 
 class LabelsFileError(ArtSegError):
     """A labels CSV file is malformed."""
+
+
+
+def first_line(exc: BaseException) -> str:
+    """The first line of an exception's message, or its type's name when it has none.
+
+    Parameters
+    ----------
+    exc : BaseException
+        Any exception.
+
+    Returns
+    -------
+    str
+        ``str(exc)`` without surrounding blank space, up to its first line break;
+        ``type(exc).__name__`` when the message is empty.
+    """
+    text = str(exc).strip()
+    return text.splitlines()[0].rstrip() if text else type(exc).__name__
+
+
+def typed_first_line(exc: BaseException) -> str:
+    """``"TypeName: first line"``, for an exception from a library, whose type says what happened.
+
+    Parameters
+    ----------
+    exc : BaseException
+        An exception from outside the package (``OSError``, ``zlib.error``, ...).
+
+    Returns
+    -------
+    str
+        Its type's name, followed by ``": "`` and :func:`first_line` when the
+        message is not empty.
+    """
+    name = type(exc).__name__
+    return f"{name}: {first_line(exc)}" if str(exc).strip() else name

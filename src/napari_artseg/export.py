@@ -35,7 +35,7 @@ import numpy as np
 
 from .atomic import atomic_path, atomic_write_text
 from .curation import CuratedMasks
-from .errors import ArtSegError
+from .errors import ArtSegError, first_line
 from .image_files import image_key, read_image, write_tiff
 from .postprocess import chosen_cuts, final_mask
 from .prediction_cache import PredictionCache
@@ -405,7 +405,7 @@ def export_project(
                     row = _image_row(project, image, masks, options, out, report)
                     report.rows.append(row)
                 except (ArtSegError, OSError, ValueError, RuntimeError) as exc:
-                    text = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+                    text = first_line(exc)
                     report.errors[image] = text
                     report.rows.append({"image": image,
                                         **parse_well(image, options.well_patterns),

@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from .atomic import atomic_write
-from .errors import ImageReadError
+from .errors import ImageReadError, first_line
 
 TIFF_EXTENSIONS = (".tif", ".tiff")
 IMAGE_EXTENSIONS = (*TIFF_EXTENSIONS, ".png", ".jpg", ".jpeg")
@@ -99,14 +99,8 @@ def _read_tiff(path: Path) -> tuple[np.ndarray, float | None]:
     except MemoryError:
         raise ImageReadError(f"{path}: too large to read into memory") from None
     except Exception as exc:  # any decoder error (zlib.error, ...)
-        raise ImageReadError(f"{path}: not a readable TIFF ({_one_line(exc)})") from None
+        raise ImageReadError(f"{path}: not a readable TIFF ({first_line(exc)})") from None
     return data, pixel_size
-
-
-def _one_line(exc: BaseException) -> str:
-    """The first line of an exception's message (its type name when it has none)."""
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__
 
 
 def _read_pillow(path: Path, notes: list[str]) -> np.ndarray:
@@ -134,12 +128,12 @@ def _read_pillow(path: Path, notes: list[str]) -> np.ndarray:
     except Image.DecompressionBombError as exc:
         raise ImageReadError(
             f"{path}: image too large for Pillow's decompression-bomb guard "
-            f"({_one_line(exc)}); convert it to a tiled TIFF to read it"
+            f"({first_line(exc)}); convert it to a tiled TIFF to read it"
         ) from None
     except MemoryError:
         raise ImageReadError(f"{path}: too large to read into memory") from None
     except Exception as exc:  # any decoder error
-        raise ImageReadError(f"{path}: not a readable image ({_one_line(exc)})") from None
+        raise ImageReadError(f"{path}: not a readable image ({first_line(exc)})") from None
 
 
 def _to_grey(data: np.ndarray, path: Path, notes: list[str]) -> np.ndarray:

@@ -38,7 +38,7 @@ from typing import Any
 import numpy as np
 
 from .atomic import atomic_path
-from .errors import ArtSegError, ImageReadError
+from .errors import ArtSegError, ImageReadError, first_line
 
 #: Images with more pixels than this are predicted by :func:`predict_large_file`. At 32 Mpx
 #: the in-memory path's five or six full-resolution float copies (~0.7 GB) start to matter
@@ -213,7 +213,7 @@ def read_tiff_downscaled(path: str | os.PathLike, out_shape: tuple[int, int]) ->
     """
     import tifffile
 
-    from .image_files import _one_line, _tiff_pixel_size
+    from .image_files import _tiff_pixel_size
 
     path = Path(path)
     notes: list[str] = []
@@ -255,7 +255,7 @@ def read_tiff_downscaled(path: str | os.PathLike, out_shape: tuple[int, int]) ->
     except MemoryError:
         raise ImageReadError(f"{path}: too large to read into memory") from None
     except Exception as exc:  # any decoder error (truncated, corrupt)
-        raise ImageReadError(f"{path}: not a readable TIFF ({_one_line(exc)})") from None
+        raise ImageReadError(f"{path}: not a readable TIFF ({first_line(exc)})") from None
 
 
 def _bilinear_axis(size_in: int, size_out: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

@@ -26,7 +26,7 @@ from typing import Any
 import numpy as np
 
 from .atomic import atomic_write_text
-from .errors import ArtSegError
+from .errors import ArtSegError, first_line
 from .image_files import image_key, read_image, read_mask, write_tiff
 from .process_memory import heap_reuse
 from .provenance import utc_now
@@ -222,7 +222,7 @@ def predict_images(
                 item = predict_one(model, Path(image_folder), image, saliency)
                 cache.save(item, item.mask())
             except (ArtSegError, OSError, ValueError, RuntimeError, MemoryError) as exc:
-                message = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+                message = first_line(exc)
                 yield PredictionStep(index + 1, len(images), image, error=message)
                 continue
             done += 1

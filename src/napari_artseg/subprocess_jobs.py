@@ -30,7 +30,7 @@ import traceback
 from collections.abc import Callable, Generator
 from typing import Any
 
-from .errors import ArtSegError
+from .errors import ArtSegError, first_line
 from .training.events import ProgressEvent
 
 #: Seconds the parent waits for a cancelled child to finish its clean-up.
@@ -45,7 +45,7 @@ class SubprocessJobError(ArtSegError):
 
 def _describe(exc: BaseException) -> tuple[str, str, str]:
     """What the parent needs to raise the exception again: module, class name, first line."""
-    text = str(exc).splitlines()[0] if str(exc) else ""
+    text = first_line(exc) if str(exc).strip() else ""
     return type(exc).__module__, type(exc).__qualname__, text
 
 

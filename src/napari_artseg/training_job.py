@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from .config import ArtSegConfig
-from .errors import ArtSegError
+from .errors import ArtSegError, first_line
 from .training import train_pipeline  # imported here, not in the worker: imports hold the GIL
 from .training.events import ProgressEvent
 from .training_curves import CurveRecorder, render_curves, save_curves
@@ -45,7 +45,7 @@ class TrainingFailed(ArtSegError):
 
 def advice_for(exc: BaseException) -> str:
     """A one-line message for a training error, saying what to do about it."""
-    text = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+    text = first_line(exc)
     if "out of memory" in text.lower() or type(exc).__name__ == "OutOfMemoryError":
         return ("Training ran out of GPU memory: lower the batch size or the input size, "
                 "or choose device CPU, then start again.")

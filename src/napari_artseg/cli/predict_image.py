@@ -10,7 +10,7 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import ArtSegError
+from ..errors import ArtSegError, first_line, typed_first_line
 from ..image_files import LoadedImage, read_image, write_tiff
 from .predict_inputs import InputImage, PredictOptions
 from .predict_large import predict_blocked, predict_large
@@ -107,12 +107,10 @@ def predict_one(model, item: InputImage, out: Path, args,
 def failure_message(item: InputImage, exc: Exception) -> str:
     """One line naming the file for any error raised while predicting it."""
     if isinstance(exc, ArtSegError):
-        text = str(exc).strip()
-        return text.splitlines()[0] if text else type(exc).__name__
+        return first_line(exc)
     if isinstance(exc, MemoryError):
         return f"{item.path}: out of memory"
-    detail = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
-    return f"{item.path}: {type(exc).__name__}" + (f": {detail}" if detail else "")
+    return f"{item.path}: {typed_first_line(exc)}"
 
 
 def process_item(model, item: InputImage, out: Path, options: PredictOptions,

@@ -26,24 +26,15 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     """Generate the data set."""
     from ..synth import write_dataset
+    from ..training.events import ProgressEvent, as_events
 
     try:
         generator = write_dataset(args.out, n=args.n, size=args.size,
                                   artifact_fraction=args.artifact_fraction, seed=args.seed)
-        summary = run_with_progress(_as_events(generator), quiet=args.quiet)
+        events = as_events(generator, lambda done, of: ProgressEvent("synth", done, of))
+        summary = run_with_progress(events, quiet=args.quiet)
     except ValueError as exc:
         raise ArtSegError(str(exc)) from None
     print(f"wrote {summary['n']} images ({summary['n_artifact']} with artifacts) to {args.out}")
     return 0
 
-
-def _as_events(generator):
-    """Turn the generator's (done, total) pairs into progress events; keep its result."""
-    from ..training.events import ProgressEvent
-
-    while True:
-        try:
-            done, total = next(generator)
-        except StopIteration as stop:
-            return stop.value
-        yield ProgressEvent("synth", done, total)

@@ -26,7 +26,7 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
-from ..errors import ArtSegError
+from ..errors import ArtSegError, typed_first_line
 from .worker_models import ModelRef, cached_model
 
 #: Default local workers: one per core, at most this many.
@@ -112,9 +112,7 @@ def _lost(item, model_id: str, exc: BaseException) -> dict[str, Any]:
         error = (f"{item.path}: the worker process predicting it died, on every try "
                  "(a crash or out of memory: see the worker logs)")
     else:
-        text = str(exc).strip().splitlines()
-        detail = f"{type(exc).__name__}: {text[0]}" if text else type(exc).__name__
-        error = f"{item.path}: task lost on the cluster ({detail})"
+        error = f"{item.path}: task lost on the cluster ({typed_first_line(exc)})"
     return {"image": item.key, "model_id": model_id, "status": "failed", "error": error}
 
 

@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import ImageReadError
+from ..errors import ImageReadError, typed_first_line
 
 _ZARR_MARKERS = ("zarr.json", ".zarray", ".zgroup")
 _LUMA = np.array([0.299, 0.587, 0.114], dtype=np.float32)
@@ -29,11 +29,6 @@ def is_zarr_store(path: str | os.PathLike) -> bool:
     """True for a folder holding Zarr metadata (an array or a group, format 2 or 3)."""
     path = Path(path)
     return path.is_dir() and any((path / name).is_file() for name in _ZARR_MARKERS)
-
-
-def _one_line(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return f"{type(exc).__name__}: {text[0]}" if text else type(exc).__name__
 
 
 def _level_zero(group, path: Path) -> tuple[Any, float | None]:
@@ -91,7 +86,7 @@ def opened(path: str | os.PathLike) -> tuple[Any, float | None]:
                 raise
             except Exception as exc:  # any parser error names the file
                 raise ImageReadError(f"{path}: not a readable Zarr store or TIFF "
-                                     f"({_one_line(exc)})") from None
+                                     f"({typed_first_line(exc)})") from None
         return _OPEN[key]
 
 
