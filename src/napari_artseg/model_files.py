@@ -32,7 +32,7 @@ import os
 import platform
 import re
 import shutil
-from collections.abc import Iterable
+from collections.abc import Generator, Iterable
 from pathlib import Path
 from typing import Any
 
@@ -94,7 +94,17 @@ def rows_to_csv(rows: list[dict[str, Any]]) -> str:
     return buffer.getvalue()
 
 
-def save_model(
+def save_model(folder: str | os.PathLike, *args: Any, **kwargs: Any) -> Path:
+    """Write a model folder atomically and return its path.
+
+    :func:`write_model` run to its end; the parameters are the same.
+    """
+    for _ in write_model(folder, *args, **kwargs):
+        pass
+    return Path(folder)
+
+
+def write_model(
     folder: str | os.PathLike,
     config: ArtSegConfig,
     networks: dict[str, torch.nn.Module],
@@ -103,8 +113,13 @@ def save_model(
     status: str = "complete",
     rasters: dict[str, np.ndarray] | None = None,
     members: dict[str, Path] | None = None,
-) -> Path:
-    """Write a model folder atomically and return its path.
+) -> Generator[tuple[int, int], None, Path]:
+    """Write a model folder atomically, yielding ``(files written, files to write)`` after each.
+
+    A model of a large screen holds two rasters per pseudo-labelled image, so the
+    save takes seconds to minutes; the counts let a progress bar follow it (an
+    ensemble member's folder counts as one file). Closing the generator before
+    its end removes the temporary folder and writes nothing.
 
     Parameters
     ----------
@@ -134,6 +149,9 @@ def save_model(
     from .image_files import write_tiff
 
     folder = Path(folder)
+    members, tables, rasters = members or {}, tables or {}, rasters or {}
+    of = len(networks) + len(members) + len(tables) + len(rasters) + 1  # + config.json
+    done = 0
     with atomic_folder(folder) as tmp:
         weight_files = []
         for name, net in networks.items():
@@ -142,12 +160,20 @@ def save_model(
             path = tmp / f"{name}.safetensors"
             save_file(state, str(path))
             weight_files.append(path)
-        for name, source in (members or {}).items():
+            done += 1
+            yield done, of
+        for name, source in members.items():
             weight_files += _copy_member(Path(source), member_folder(tmp, name))
-        for name, rows in (tables or {}).items():
+            done += 1
+            yield done, of
+        for name, rows in tables.items():
             atomic_write_text(tmp / f"{name}.csv", rows_to_csv(rows))
-        for relative, array in (rasters or {}).items():
+            done += 1
+            yield done, of
+        for relative, array in rasters.items():
             write_tiff(tmp / relative, array)
+            done += 1
+            yield done, of
         document = {
             "format_version": FORMAT_VERSION,
             "method": config.method,
@@ -160,6 +186,7 @@ def save_model(
             "config": config.to_dict(),
         }
         atomic_write_text(tmp / "config.json", json.dumps(document, indent=2, default=str))
+    yield of, of  # renamed into place: the folder is complete
     return folder
 
 

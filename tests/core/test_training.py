@@ -45,6 +45,11 @@ def test_events_cover_every_stage_in_order(tiny_dataset, labels, tmp_path):
     steps = [e for e in events if e.stage == "thresholds" and e.kind == "step"]
     n_val = steps[-1].total // 2
     assert n_val > 1 and [e.step for e in steps][-n_val:] == list(range(n_val + 1, 2 * n_val + 1))
+    # the save counts the files it writes: weights, tables, two rasters per pseudo-label, config
+    saved = [e for e in events if e.stage == "save" and e.kind == "step"]
+    files = [p for p in folder.rglob("*") if p.is_file()]
+    assert [e.step for e in saved] == list(range(1, len(files) + 1))
+    assert {e.total for e in saved} == {len(files)} and len(files) > 6
 
 
 @pytest.mark.parametrize(("module", "stage", "kind"), [
@@ -99,6 +104,18 @@ def test_cancel_during_unet_saves_a_partial_model(tiny_dataset, labels, tmp_path
     generator.close()
     document = json.loads((tmp_path / "m" / "config.json").read_text())
     assert document["status"] == "partial" and document["components"] == ["classifier"]
+
+
+def test_cancel_while_saving_keeps_a_partial_model_and_no_half_folder(tiny_dataset, labels,
+                                                                     tmp_path):
+    generator = train_pipeline(tiny_dataset / "images", labels, tmp_path / "m", preset("tiny"))
+    for event in generator:
+        if event.stage == "save" and event.kind == "step" and event.step == 3:
+            break
+    generator.close()
+    document = json.loads((tmp_path / "m" / "config.json").read_text())
+    assert document["status"] == "partial" and document["components"] == ["classifier", "unet"]
+    assert [p.name for p in tmp_path.iterdir()] == ["m"]  # the half-written folder is gone
 
 
 def test_cancel_during_classifier_writes_nothing(tiny_dataset, labels, tmp_path):

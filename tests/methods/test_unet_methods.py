@@ -49,6 +49,11 @@ def test_supervised_unet_trains_on_masks_and_ranks_artifact_pixels_first(supervi
     n_val = sum(row["split"] == "val" for row in csv.DictReader(open(folder / "manifest.csv")))
     steps = [e.step for e in events if e.stage == "thresholds" and e.kind == "step"]
     assert n_val > 1 and steps == list(range(1, n_val + 1))
+    # the save is a step per file it writes, then the stage's end once the run is finished
+    files = sum(path.is_file() for path in folder.rglob("*"))
+    saved = [(e.kind, e.step, e.total) for e in events if e.stage == "save"]
+    assert saved == [("stage", 0, 0), *(("step", i, files) for i in range(1, files + 1)),
+                     ("stage", 1, 1)]
     model = ArtSegModel.load(folder, device="cpu")
     assert model.classifier is None and model.document["method"] == "supervised_unet"
     assert map_auroc(model, eval_set) > 0.65

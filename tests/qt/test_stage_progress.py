@@ -13,7 +13,8 @@ def test_a_new_stage_gets_its_bar_and_finishes_it(make_napari_viewer, qtbot):
     assert list(progress.bars) == list(STAGES)
     progress.on_event(ProgressEvent("data", kind="stage"))
     progress.on_event(ProgressEvent("ae_ssim", 3, 10, kind="step"))
-    assert "data" not in progress.bars and progress.titles["ae_ssim"] == "Autoencoder (AE-SSIM)"
+    assert progress.titles["ae_ssim"] == "Autoencoder (AE-SSIM)"
+    assert progress.bars["data"].value() == BAR_STEPS  # reading the images ended
     assert progress.bars["ae_ssim"].value() == int(0.3 * BAR_STEPS)
     progress.on_event(ProgressEvent("my_new_stage", 1, 2))
     assert progress.titles["my_new_stage"] == "My new stage"

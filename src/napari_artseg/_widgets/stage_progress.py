@@ -9,14 +9,17 @@ from qtpy.QtWidgets import QGridLayout, QLabel, QProgressBar, QWidget
 
 from ..training.events import ProgressEvent
 
-#: The ScoreCAM-U-Net stages: a bar each from the start, with these titles.
+#: The ScoreCAM-U-Net stages: a bar each from the start, with these titles. Every method
+#: reads its images (a step per image) and saves its model folder (a step per file).
 STAGES: dict[str, str] = {
+    "data": "Reading images",
     "classifier": "Classifier",
     "pseudo_labels": "Score-CAM pseudo-labels",
     "unet": "U-Net",
     "self_training": "Self-training targets",
     "unet_finetune": "U-Net fine-tuning",
     "thresholds": "Thresholds (validation images)",
+    "save": "Saving the model",
 }
 #: Titles of optional stages and of the other methods' stages; their bars are added when the
 #: stage first runs (per-image deletion-test thresholds run only with ``pseudo_label_per_image``).
@@ -32,8 +35,6 @@ OTHER_TITLES: dict[str, str] = {
     "calibration": "Calibration",
     "members": "Ensemble members",
 }
-#: Short bookkeeping stages without a bar.
-NO_BAR = ("data", "save")
 BAR_STEPS = 1000
 #: napari's activity-dock bars are updated at most this often (each update repaints there).
 NAPARI_UPDATE_S = 0.25
@@ -120,8 +121,6 @@ class StageProgress(QWidget):
         self.events_seen += 1
         if event.stage != self.current:
             self._stage_changed(event.stage)
-        if event.stage not in self.bars:
-            return
         fraction = event.fraction
         self.bars[event.stage].setValue(int(round(fraction * BAR_STEPS)))
         self.eta_labels[event.stage].setText(format_eta(self._clocks[event.stage].eta(fraction)))
@@ -136,20 +135,19 @@ class StageProgress(QWidget):
 
     def _stage_changed(self, stage: str) -> None:
         """Complete the previous stage's bar (early stopping ends short) and open the next."""
-        if self.current in self.bars:
+        if self.current is not None:
             self.bars[self.current].setValue(BAR_STEPS)
             self.eta_labels[self.current].setText("done")
             self._close_napari_bar(self.current)
         self.current = stage
         if stage not in self.visited:
             self.visited.append(stage)
-        if stage not in self.bars and stage not in NO_BAR:
+        if stage not in self.bars:
             self._add_bar(stage)
-        if stage in self.bars:
-            from napari.utils import progress
+        from napari.utils import progress
 
-            self._clocks[stage] = StageClock()
-            self._napari_bars[stage] = progress(total=0, desc=f"ArtSeg: {self.titles[stage]}")
+        self._clocks[stage] = StageClock()
+        self._napari_bars[stage] = progress(total=0, desc=f"ArtSeg: {self.titles[stage]}")
 
     def finish(self, complete: bool) -> None:
         """End of the run: close the napari bars.
@@ -160,10 +158,9 @@ class StageProgress(QWidget):
         """
         if complete:
             for stage in self.visited:
-                if stage in self.bars:
-                    self.bars[stage].setValue(BAR_STEPS)
-                    self.eta_labels[stage].setText("done")
-        elif self.current in self.bars:
+                self.bars[stage].setValue(BAR_STEPS)
+                self.eta_labels[stage].setText("done")
+        elif self.current is not None:
             self.eta_labels[self.current].setText("stopped")
         self.close_napari_bars()
 

@@ -16,8 +16,9 @@ from ..errors import ArtSegError
 from ..model_files import read_model_document, save_model
 from ..predictor import ArtSegModel
 from ..training.data import TrainingItem
-from ..training.ddp import barrier, is_rank_zero
+from ..training.ddp import is_rank_zero
 from ..training.events import ProgressEvent
+from ..training.saving import save_events, saved_event
 from ..training.thresholds import MaskStatistics, choose_gate_and_mask_from, f1_score
 
 #: The minimum size (share of the image area) used when no validation image shows an artifact.
@@ -77,21 +78,20 @@ class MethodRun:
         return {"method": self.config.method, "config": self.config, "thresholds": {},
                 **self.metadata}
 
-    def save(self, status: str = "complete") -> Path:
-        """Write the model folder (``complete`` marks the run finished)."""
-        if is_rank_zero():  # under torchrun only rank 0 writes
-            save_model(self.out, self.config, self.networks, self.metadata, self.tables,
-                       status=status, rasters=self.rasters, members=self.members)
-        if status == "complete":
-            barrier()  # the other ranks wait until the folder exists
-            self.finished = True
+    def saving(self) -> Generator[ProgressEvent, None, Path]:
+        """Write the complete model folder, a ``save`` step per file, and mark the run finished."""
+        yield from save_events(self.out, self.config, self.networks, self.metadata, self.tables,
+                               self.rasters, self.members)
+        self.finished = True
+        yield saved_event(self.out)
         return self.out
 
     def close(self) -> None:
         """At the end however it ends: save a ``partial`` model when a network exists."""
         try:
-            if not self.finished and self.networks and not self.out.exists():
-                self.save(status="partial")
+            if not self.finished and self.networks and not self.out.exists() and is_rank_zero():
+                save_model(self.out, self.config, self.networks, self.metadata, self.tables,
+                           status="partial", rasters=self.rasters, members=self.members)
         finally:
             release_memory(self.device)
 

@@ -222,6 +222,4 @@ class Ensemble(Method):
             thresholds, report = yield from choose_thresholds(model, items, val_idx, config)
         run.metadata.update(thresholds=thresholds, validation_metrics=report)
         run.tables["manifest"] = manifest(items, val_idx)
-        yield ProgressEvent("save", kind="stage", message=f"saving {run.out}")
-        run.save()
-        yield ProgressEvent("save", 1, 1, kind="stage", message=f"saved {run.out}")
+        yield from run.saving()

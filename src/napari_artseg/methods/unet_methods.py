@@ -71,9 +71,7 @@ def train_unet_run(
         thresholds, report = yield from choose_thresholds(model, items, val_idx, config)
         run.metadata.update(thresholds=thresholds, validation_metrics={
             "unet": best_row(fit.history, fit.best_epoch), **report})
-        yield ProgressEvent("save", kind="stage", message=f"saving {run.out}")
-        run.save()
-        yield ProgressEvent("save", 1, 1, kind="stage", message=f"saved {run.out}")
+        yield from run.saving()
         return run.out
     finally:
         run.close()

@@ -58,9 +58,10 @@ from ..training.thresholds import (
     choose_gate_and_mask_from,
     extent_and_fallback,
 )
-from .ddp import barrier, is_rank_zero
+from .ddp import is_rank_zero
 from .events import ProgressEvent, as_events
 from .saliency_cache import SaliencyCache, default_cache_folder
+from .saving import save_events, saved_event
 from .spill import TensorSpill
 
 
@@ -370,13 +371,9 @@ def _train_scorecam_unet(images_dir, labels, out: Path, config: ArtSegConfig, ma
                             "unet": fit_u.history[fit_u.best_epoch - 1] if fit_u.history else {},
                             **report})
         tables["manifest"] = _manifest(items, val_idx, cuts)
-        yield ProgressEvent("save", kind="stage", message=f"saving {out}")
-        if is_rank_zero():  # under torchrun only rank 0 writes; the others wait for it
-            save_model(out, config, networks, metadata, tables, status="complete",
-                       rasters=rasters)
-        barrier()
+        yield from save_events(out, config, networks, metadata, tables, rasters)
         finished = True
-        yield ProgressEvent("save", 1, 1, kind="stage", message=f"saved {out}")
+        yield saved_event(out)
         return out
     finally:
         if not finished and "classifier" in networks and is_rank_zero():
