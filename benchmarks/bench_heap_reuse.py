@@ -16,12 +16,17 @@ not depend on the weights) with the gate at 0, so the U-Net runs on every image.
 ``--job export``: ``artseg export --no-model`` of a project on the folder with that
 model current and no cached predictions, so every image is predicted, and its
 mask, artifact-free image and QC row written.
+``--job dask``: ``artseg predict --dask --workers 2 --no-gate`` on the folder; the
+local cluster's worker processes hold the setting (``distributed/worker_memory.py``)
+or, in the other mode, keep glibc's (``dask_predict.LOCAL_HEAP_REUSE = False``). The
+workers' system time and page faults are counted with the child's (its finished
+child processes, ``RUSAGE_CHILDREN``).
 Training's side of the same change is measured by ``bench_training_memory.py``
 (arm "in memory, glibc's thresholds").
 
 Usage::
 
-    python benchmarks/bench_heap_reuse.py [--job predict|export] [--images 100] [--size 512]
+    python benchmarks/bench_heap_reuse.py [--job predict|export|dask] [--images 100] [--size 512]
         [--rounds 3]
 """
 
@@ -49,20 +54,24 @@ import json, resource, sys, time
 import torch
 from napari_artseg import process_memory
 from napari_artseg.cli import main
+from napari_artseg.distributed import dask_predict
 torch.set_num_threads(int(sys.argv[1]))
 if sys.argv[2] == "glibc":
     process_memory.MALLOPT = None  # glibc's own thresholds, as before session 20
+    dask_predict.LOCAL_HEAP_REUSE = False  # and the local Dask workers' (before session 22)
 start = time.perf_counter()
 if sys.argv[6] == "export":  # the model is the project's current one; sys.argv[3] unused
     code = main(["export", "--project", sys.argv[5], "--out", sys.argv[4], "--no-model",
                  "--device", "cpu", "--quiet"])
 else:
+    dask = ["--dask", "--workers", "2"] if sys.argv[6] == "dask" else []
     code = main(["predict", "--model", sys.argv[3], "--out", sys.argv[4], "--no-gate",
-                 "--overwrite", "--quiet", sys.argv[5]])
-usage = resource.getrusage(resource.RUSAGE_SELF)
-print("RESULT", json.dumps({"exit": code, "seconds": time.perf_counter() - start,
-                            "system_seconds": usage.ru_stime,
-                            "minor_page_faults": usage.ru_minflt}))
+                 "--overwrite", "--quiet", *dask, sys.argv[5]])
+seconds = time.perf_counter() - start
+usage = [resource.getrusage(who) for who in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN)]
+print("RESULT", json.dumps({"exit": code, "seconds": seconds,
+                            "system_seconds": sum(u.ru_stime for u in usage),
+                            "minor_page_faults": sum(u.ru_minflt for u in usage)}))
 """
 
 MODES = ("heap kept for reuse", "glibc's thresholds")
@@ -99,11 +108,12 @@ def main() -> int:
     parser.add_argument("--size", type=int, default=512)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())
-    parser.add_argument("--job", choices=("predict", "export"), default="predict")
-    parser.add_argument("--json", help="default: benchmarks/results/perf_heap_reuse[_export].json")
+    parser.add_argument("--job", choices=("predict", "export", "dask"), default="predict")
+    parser.add_argument("--json",
+                        help="default: benchmarks/results/perf_heap_reuse[_export|_dask].json")
     args = parser.parse_args()
     args.json = args.json or ("benchmarks/results/perf_heap_reuse"
-                              f"{'_export' if args.job == 'export' else ''}.json")
+                              f"{'' if args.job == 'predict' else '_' + args.job}.json")
     torch.set_num_threads(args.threads)  # as the children run (recorded with the machine)
     with tempfile.TemporaryDirectory(prefix="artseg-bench-heap-") as tmp:
         work = Path(tmp)

@@ -176,3 +176,21 @@ def test_cluster_usage_errors_are_one_line(tiny_model, tmp_path, capsys, monkeyp
     status, _, err = run_cli(capsys, "predict", "--model", tiny_model, "--out", tmp_path / "o",
                              "--dask", "--scheduler", "tcp://127.0.0.1:9", tmp_path / "a.tif")
     assert status == 2 and "cannot reach a Dask scheduler" in err and err.count("\n") == 1
+
+
+def _heap_jobs() -> tuple[int, bool]:
+    """In a worker: the process's open heap_reuse blocks, and whether mallopt is there."""
+    from napari_artseg import process_memory
+
+    return process_memory._jobs, process_memory.MALLOPT is not None
+
+
+def test_local_workers_keep_freed_memory_and_a_given_cluster_is_left_alone(dask_client):
+    from napari_artseg.distributed.dask_predict import dask_session
+
+    with dask_session(None, 1) as client:
+        held = list(client.run(_heap_jobs).values())
+    glibc = held[0][1]
+    assert held == [(1 if glibc else 0, glibc)]  # the thresholds are set where glibc has them
+    with dask_session(dask_client.scheduler.address, None) as client:
+        assert {jobs for jobs, _ in client.run(_heap_jobs).values()} == {0}

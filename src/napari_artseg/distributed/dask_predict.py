@@ -41,6 +41,9 @@ NO_WORKERS_TIMEOUT_S = 600.0
 POLL_S = 0.2
 #: Seconds to fetch one finished task's row before waiting for it again (its worker died).
 RESULT_TIMEOUT_S = 10.0
+#: The local cluster's workers keep freed memory for reuse (:mod:`.worker_memory`); a
+#: benchmark sets this to False to measure them with glibc's own thresholds.
+LOCAL_HEAP_REUSE = True
 
 
 def default_workers() -> int:
@@ -53,7 +56,8 @@ def dask_session(address: str | None, workers: int | None) -> Iterator[Any]:
     """A ``distributed.Client``: to the scheduler at ``address``, or to a new local cluster.
 
     The local cluster has ``workers`` processes with one thread each; each
-    process's PyTorch uses its share of the CPU cores.
+    process's PyTorch uses its share of the CPU cores, and each keeps freed
+    memory for the next image (:mod:`.worker_memory`).
 
     Raises
     ------
@@ -79,6 +83,10 @@ def dask_session(address: str | None, workers: int | None) -> Iterator[Any]:
     with LocalCluster(n_workers=n_workers, threads_per_worker=1, processes=True,
                       dashboard_address=None, silence_logs=logging.ERROR, env=env) as cluster, \
             Client(cluster) as client:
+        if LOCAL_HEAP_REUSE:
+            from .worker_memory import HeapReusePlugin
+
+            client.register_plugin(HeapReusePlugin())
         yield client
 
 
