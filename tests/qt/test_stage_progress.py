@@ -60,5 +60,27 @@ def test_validation_events_keep_the_bar_at_the_epoch_end(make_napari_viewer, qtb
     progress.on_event(ProgressEvent("thresholds", 3, 4, message="synth_0003.tif"))
     assert progress.bars["unet"].value() == BAR_STEPS  # the stage before ended
     assert progress.titles["thresholds"] == "Thresholds (validation images)"
-    assert progress.bars["thresholds"].value() == 3 * BAR_STEPS // 4
+    qtbot.waitUntil(lambda: progress.bars["thresholds"].value() == 3 * BAR_STEPS // 4)
     progress.close_napari_bars()
+
+
+def test_a_burst_of_events_moves_a_bar_a_few_times_and_ends_on_the_latest(make_napari_viewer,
+                                                                          qtbot, monkeypatch):
+    """Each bar repaint costs the GUI thread (30 ms with software OpenGL): a burst of steps,
+    as a save of many small files sends, is shown at most every BAR_UPDATE_S."""
+    make_napari_viewer()
+    progress = StageProgress()
+    qtbot.addWidget(progress)
+    shown = []
+    bar = progress.bars["save"]
+    real = bar.setValue
+    monkeypatch.setattr(bar, "setValue", lambda value: shown.append(value) or real(value))
+    progress.on_event(ProgressEvent("save", kind="stage", message="saving"))
+    for step in range(1, 101):
+        progress.on_event(ProgressEvent("save", step, 100))
+    assert len(shown) < 10  # the stage's first value at once, the rest held back
+    qtbot.waitUntil(lambda: bar.value() == BAR_STEPS)  # the latest, once the interval passed
+    assert shown[-1] == BAR_STEPS and len(shown) < 10
+    progress.on_event(ProgressEvent("classifier", 1, 4))  # a new stage shows at once
+    assert progress.bars["classifier"].value() == BAR_STEPS // 4
+    assert bar.value() == BAR_STEPS and progress.eta_labels["save"].text() == "done"

@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 from typing import Any
 
+from qtpy.QtCore import QTimer
 from qtpy.QtWidgets import QGridLayout, QLabel, QProgressBar, QWidget
 
 from ..training.events import ProgressEvent
@@ -35,7 +36,15 @@ OTHER_TITLES: dict[str, str] = {
     "calibration": "Calibration",
     "members": "Ensemble members",
 }
+#: Short bookkeeping stages: a bar in the dock, none in napari's activity dock (each napari bar
+#: made or moved runs the event loop and repaints the window).
+NOT_MIRRORED = ("data", "save")
 BAR_STEPS = 1000
+#: The dock's bars move at most this often within a stage. ``QProgressBar.setValue`` repaints
+#: at once, and with napari's OpenGL canvas in the window that took 30 ms per call on the
+#: development VM (software OpenGL under Xvfb): a save of 30 small files, an event each,
+#: stalled the GUI thread for up to 0.95 s (``benchmarks/bench_event_loop.py``, session 22).
+BAR_UPDATE_S = 0.2
 #: napari's activity-dock bars are updated at most this often (each update repaints there).
 NAPARI_UPDATE_S = 0.25
 
@@ -72,6 +81,7 @@ class StageProgress(QWidget):
 
     The napari bars (``napari.utils.progress``) appear in napari's activity dock;
     each is opened when its stage starts and closed when it ends or the run stops.
+    Reading the images and saving the model (:data:`NOT_MIRRORED`) are not mirrored.
     """
 
     def __init__(self) -> None:
@@ -89,6 +99,12 @@ class StageProgress(QWidget):
         self.visited: list[str] = []
         self.events_seen = 0
         self._napari_updated = 0.0
+        self._pending: dict[str, tuple[int, str]] = {}  # stage -> (bar value, ETA text)
+        self._shown_at = 0.0
+        self._show_timer = QTimer(self)
+        self._show_timer.setSingleShot(True)
+        self._show_timer.setInterval(int(BAR_UPDATE_S * 1000))
+        self._show_timer.timeout.connect(self._show_pending)
 
     def _add_bar(self, stage: str) -> None:
         """A row (title, bar, ETA) for ``stage``."""
@@ -108,6 +124,7 @@ class StageProgress(QWidget):
     def reset(self) -> None:
         """Empty every bar (a new run)."""
         self.close_napari_bars()
+        self._drop_pending()
         for stage in self.bars:
             self.bars[stage].setValue(0)
             self.eta_labels[stage].setText("")
@@ -119,11 +136,16 @@ class StageProgress(QWidget):
     def on_event(self, event: ProgressEvent) -> None:
         """Move the bars for one progress event (main thread)."""
         self.events_seen += 1
-        if event.stage != self.current:
+        changed = event.stage != self.current
+        if changed:
             self._stage_changed(event.stage)
         fraction = event.fraction
-        self.bars[event.stage].setValue(int(round(fraction * BAR_STEPS)))
-        self.eta_labels[event.stage].setText(format_eta(self._clocks[event.stage].eta(fraction)))
+        self._pending[event.stage] = (int(round(fraction * BAR_STEPS)),
+                                      format_eta(self._clocks[event.stage].eta(fraction)))
+        if changed or time.perf_counter() - self._shown_at >= BAR_UPDATE_S:
+            self._show_pending()
+        elif not self._show_timer.isActive():
+            self._show_timer.start()  # the latest value is shown when it fires
         napari_bar = self._napari_bars.get(event.stage)
         now = time.perf_counter()
         if napari_bar is not None and event.total and now - self._napari_updated >= NAPARI_UPDATE_S:
@@ -133,8 +155,23 @@ class StageProgress(QWidget):
             if event.step > napari_bar.n:
                 napari_bar.update(event.step - napari_bar.n)
 
+    def _show_pending(self) -> None:
+        """Put the latest value and ETA of each stage that moved on screen."""
+        self._show_timer.stop()
+        pending, self._pending = self._pending, {}
+        for stage, (value, eta) in pending.items():
+            self.bars[stage].setValue(value)
+            self.eta_labels[stage].setText(eta)
+        self._shown_at = time.perf_counter()
+
+    def _drop_pending(self) -> None:
+        """Forget values not shown yet (the bars are about to be set for good)."""
+        self._show_timer.stop()
+        self._pending.clear()
+
     def _stage_changed(self, stage: str) -> None:
         """Complete the previous stage's bar (early stopping ends short) and open the next."""
+        self._drop_pending()  # only the previous stage can have one, and it is now done
         if self.current is not None:
             self.bars[self.current].setValue(BAR_STEPS)
             self.eta_labels[self.current].setText("done")
@@ -144,10 +181,11 @@ class StageProgress(QWidget):
             self.visited.append(stage)
         if stage not in self.bars:
             self._add_bar(stage)
-        from napari.utils import progress
-
         self._clocks[stage] = StageClock()
-        self._napari_bars[stage] = progress(total=0, desc=f"ArtSeg: {self.titles[stage]}")
+        if stage not in NOT_MIRRORED:
+            from napari.utils import progress
+
+            self._napari_bars[stage] = progress(total=0, desc=f"ArtSeg: {self.titles[stage]}")
 
     def finish(self, complete: bool) -> None:
         """End of the run: close the napari bars.
@@ -157,10 +195,12 @@ class StageProgress(QWidget):
         the stage it stopped in.
         """
         if complete:
+            self._drop_pending()
             for stage in self.visited:
                 self.bars[stage].setValue(BAR_STEPS)
                 self.eta_labels[stage].setText("done")
         elif self.current is not None:
+            self._show_pending()  # where it stopped
             self.eta_labels[self.current].setText("stopped")
         self.close_napari_bars()
 

@@ -21,6 +21,7 @@ from ..project import Project
 from ..training.events import ProgressEvent
 from ..training_curves import CurveRecorder
 from ..training_job import TrainingJob, advice_for, warm_up
+from .in_order import InOrder
 from .lifecycle import show_status
 from .loss_plot import LossPlot
 from .stage_progress import StageProgress
@@ -116,6 +117,7 @@ class TrainingWidget(QWidget):
         self.stage_label = QLabel("")
         layout.addWidget(self.stage_label)
         self.progress = StageProgress()
+        self._in_order = InOrder()  # napari's bars deliver later signals inside a handler
         layout.addWidget(self.progress)
         self.plot = LossPlot()
         layout.addWidget(self.plot, 1)
@@ -277,6 +279,22 @@ class TrainingWidget(QWidget):
 
     # ------------------------------------------------------------------ worker signals
     def _on_yielded(self, event: ProgressEvent) -> None:
+        """Show a progress event, after those before it (see :mod:`.in_order`)."""
+        self._in_order(self._show_event, event)
+
+    def _on_returned(self, folder: Path) -> None:
+        """Announce the model once the run's events are shown."""
+        self._in_order(self._announce_model, folder)
+
+    def _on_errored(self, exc: BaseException) -> None:
+        """Show the error once the run's events are shown."""
+        self._in_order(self._show_error, exc)
+
+    def _on_finished(self) -> None:
+        """Make the tab usable again once everything before is shown."""
+        self._in_order(self._end_run)
+
+    def _show_event(self, event: ProgressEvent) -> None:
         """Move the bars; redraw the plot only when an epoch ended."""
         self.progress.on_event(event)
         if "device" in event.metrics:
@@ -288,7 +306,7 @@ class TrainingWidget(QWidget):
             self.plot.add_row(row)
             self.stage_label.setText(f"{event.stage}: {event.message}")
 
-    def _on_returned(self, folder: Path) -> None:
+    def _announce_model(self, folder: Path) -> None:
         """A complete model: make it the project's current model and announce it."""
         self.progress.finish(complete=True)
         self.last_model = Path(folder)
@@ -304,12 +322,12 @@ class TrainingWidget(QWidget):
             self.retrain_label.setText(report.text())
         self.model_trained.emit(Path(folder))
 
-    def _on_errored(self, exc: BaseException) -> None:
+    def _show_error(self, exc: BaseException) -> None:
         """Show what went wrong and what to do, as a napari notification too."""
         self.progress.finish(complete=False)
         self.show_message(advice_for(exc), error=True)
 
-    def _on_finished(self) -> None:
+    def _end_run(self) -> None:
         """Back to a usable state, however the run ended."""
         job = self.job
         self.worker = None
