@@ -54,3 +54,21 @@ def test_events_are_handled_in_order_though_napari_bars_run_the_event_loop(artse
     assert etas["data"].text() == etas["classifier"].text() == "done"
     qtbot.waitUntil(lambda: bars["save"].value() == BAR_STEPS)  # bars move every BAR_UPDATE_S
     assert training.stage_label.text() == "saved model"
+
+
+def test_a_note_on_micro_batches_shows_under_the_bars(artseg, qtbot):
+    _viewer, widget = artseg
+    training = widget.training
+    note = ("a step on 8 images needs about 23.27 GB and 19.80 GB is available: each batch "
+            "trains in 2 micro-batches")
+
+    def run():
+        yield ProgressEvent("unet", kind="stage", message="training the U-Net")
+        yield ProgressEvent("unet", 0, 10, kind="info", message=note)
+        return "model"
+
+    worker = create_worker(run, _start_thread=False, _ignore_errors=True)
+    worker.yielded.connect(training._on_yielded)
+    with qtbot.waitSignal(worker.finished, timeout=10_000):
+        worker.start()
+    qtbot.waitUntil(lambda: training.stage_label.text() == note)

@@ -299,7 +299,7 @@ class TrainingWidget(QWidget):
         self.progress.on_event(event)
         if "device" in event.metrics:
             self.device_label.setText(f"Device in use: {event.metrics['device']}")
-        if event.kind in ("stage", "validation"):
+        if event.kind in ("stage", "validation", "info"):
             self.stage_label.setText(event.message)
         row = self._curves.add(event)
         if row is not None:

@@ -42,7 +42,7 @@ def run_with_progress(generator: Generator[Any, None, Any], quiet: bool = False)
             elif event.loss is not None:
                 bar.set_postfix(loss=f"{event.loss:.4f}", refresh=False)
             bar.refresh()
-            if event.kind in ("epoch", "stage") and event.message:
+            if event.kind in ("epoch", "stage", "info") and event.message:
                 bar.write(f"[{event.stage}] {format_event(event)}", file=sys.stderr)
     except BaseException:
         generator.close()
@@ -53,7 +53,7 @@ def run_with_progress(generator: Generator[Any, None, Any], quiet: bool = False)
 
 
 def format_event(event: ProgressEvent) -> str:
-    """A one-line description of an epoch or stage event."""
+    """A one-line description of an epoch, stage or info event."""
     parts = [event.message]
     for key in ("val_loss", "val_f1", "val_iou", "pseudo_label_threshold",
                 "pseudo_mask_mean_fraction"):

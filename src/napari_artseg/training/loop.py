@@ -4,7 +4,8 @@ Adam, ReduceLROnPlateau on the validation loss, early stopping, best weights kep
 (or, with ``keep_last``, a cosine-annealed learning rate and the last weights);
 DistributedDataParallel when a process group is initialised (see :mod:`.ddp`).
 Batches are prepared one thread ahead of training, pinned when training on CUDA
-(:mod:`.prefetch`).
+(:mod:`.prefetch`). On a CPU the first batch's step is planned to fit the memory
+available (:mod:`.step_memory`).
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from ..device import autocast, release_memory
 from ..errors import ArtSegError
 from .events import ProgressEvent, as_events
 from .prefetch import pin_batch, pin_memory_for, prefetch, prefetch_depth
+from .step_memory import StepPlan, gigabytes, plan_step
 
 Batch = tuple[torch.Tensor, ...]
 #: What a validation generator yields after each image or batch: (done, of).
@@ -45,12 +47,16 @@ class FitResult:
         Its validation loss.
     stopped_early : bool
         True when early stopping ended the fit.
+    micro_batches : int
+        The most micro-batches a batch was planned in (more than 1 when a CPU step
+        was planned not to fit the memory in one).
     """
 
     history: list[dict[str, Any]] = field(default_factory=list)
     best_epoch: int = 0
     best_val_loss: float = math.inf
     stopped_early: bool = False
+    micro_batches: int = 1
 
 
 def _backward_in_chunks(
@@ -81,16 +87,16 @@ def _backward_in_chunks(
 
 def train_step(
     model: torch.nn.Module, optimizer: torch.optim.Optimizer, batch: Batch, loss_fn,
-    device: torch.device, amp: bool,
+    device: torch.device, amp: bool, chunks: int = 1,
 ) -> float:
-    """One optimiser step; on accelerator out-of-memory, retry in ever smaller micro-batches.
+    """One optimiser step in ``chunks`` micro-batches; on accelerator out-of-memory, in more.
 
     Raises
     ------
     ArtSegError
         Still out of memory with micro-batches of one image, with advice.
     """
-    chunks = 1
+    chunks = max(1, min(chunks, len(batch[0])))
     while True:
         optimizer.zero_grad(set_to_none=True)
         try:
@@ -115,6 +121,22 @@ def _validation_event(stage: str, epoch: int, epochs: int, step: int, total: int
     return ProgressEvent(stage, step, total, kind="validation",
                          metrics={"validated": done, "of": of},
                          message=f"epoch {epoch}/{epochs}: validating {done}/{of}")
+
+
+#: What the messages call each network that trains here.
+NETWORK_NAMES = {"ResNetClassifier": "the classifier", "UNet": "the U-Net"}
+
+
+def _planned_event(stage: str, step: int, total: int, plan: StepPlan,
+                   batch: int) -> ProgressEvent:
+    """The note that a CPU step runs in micro-batches, with the estimate behind it."""
+    return ProgressEvent(
+        stage, step, total, kind="info",
+        metrics={"micro_batches": plan.chunks, "step_bytes": plan.step_bytes(batch),
+                 "available_bytes": plan.available},
+        message=(f"a step on {batch} images needs about {gigabytes(plan.step_bytes(batch))} "
+                 f"and {gigabytes(plan.available or 0)} is available: each batch trains in "
+                 f"{plan.chunks} micro-batches"))
 
 
 def fit(
@@ -173,12 +195,20 @@ def fit(
     ------
     ProgressEvent
         ``step`` events per batch, ``validation`` events while the epoch is judged
-        (at the epoch's last step) and an ``epoch`` event per epoch.
+        (at the epoch's last step), an ``epoch`` event per epoch and, when a CPU step
+        is planned in micro-batches, an ``info`` event saying so (the first batch is
+        planned, and any larger one again).
 
     Returns
     -------
     FitResult
         History and the chosen epoch; the model holds the best weights.
+
+    Raises
+    ------
+    ArtSegError
+        On a CPU, when one image alone is estimated not to fit the memory available
+        (:func:`~napari_artseg.training.step_memory.plan_step`; before the first step).
 
     Notes
     -----
@@ -203,14 +233,29 @@ def fit(
     total = epochs * n_batches
     depth = prefetch_depth(device) if prefetch_batches is None else prefetch_batches
     pin = pin_batch if pin_memory_for(device) else None
+    plan: StepPlan | None = None
+    planned = 0  # elements of the largest batch planned for
+    name = NETWORK_NAMES.get(type(model).__name__, f"the {stage} network")
     for epoch in range(1, epochs + 1):
         model.train()
         losses = []
         with contextlib.closing(prefetch(batches(epoch), depth, pin,
                                          name=f"artseg-{stage}-batches")) as stream:
             for index, batch in enumerate(stream):
+                if batch[0].numel() > planned:  # the first (or a larger) batch: will it fit?
+                    # A larger batch later is planned against the memory available before
+                    # the first step (the heap now holds the freed steps for reuse).
+                    chunks, available = (1, None) if plan is None else (plan.chunks,
+                                                                        plan.available)
+                    plan = plan_step(model, tuple(batch[0].shape), device, name, available)
+                    planned = batch[0].numel()
+                    result.micro_batches = max(result.micro_batches, plan.chunks)
+                    if plan.chunks > 1 and plan.chunks != chunks:
+                        yield _planned_event(stage, (epoch - 1) * n_batches + index, total,
+                                             plan, len(batch[0]))
                 batch = tuple(t.to(device, non_blocking=True) for t in batch)
-                losses.append(train_step(trained, optimizer, batch, loss_fn, device, config.amp))
+                losses.append(train_step(trained, optimizer, batch, loss_fn, device, config.amp,
+                                         plan.chunks))
                 step = (epoch - 1) * n_batches + index + 1
                 yield ProgressEvent(stage, step, total, loss=losses[-1],
                                     message=f"epoch {epoch}/{epochs}")
