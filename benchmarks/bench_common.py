@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import platform
 import shlex
 import sys
+from collections.abc import Iterator
+from pathlib import Path
 
 import torch
 
@@ -45,3 +48,22 @@ def run_main(main) -> None:
         sys.exit(main())
     except ArtSegError as exc:
         sys.exit(f"error: {exc}")
+
+
+@contextlib.contextmanager
+def memory_capped(command: list[str], limit_gb: float | None, name: str) -> Iterator[list[str]]:
+    """``command`` run inside a new cgroup v1 memory group capped at ``limit_gb`` GB.
+
+    Yields the command to run (``command`` itself when ``limit_gb`` is None); the
+    group (``/sys/fs/cgroup/memory/<name>-<pid>``; Linux, root) is removed on exit.
+    """
+    if limit_gb is None:
+        yield command
+        return
+    group = Path(f"/sys/fs/cgroup/memory/{name}-{os.getpid()}")
+    group.mkdir()
+    try:
+        (group / "memory.limit_in_bytes").write_text(str(int(limit_gb * 1e9)))
+        yield ["sh", "-c", f"echo $$ > {group}/cgroup.procs && exec \"$@\"", "sh", *command]
+    finally:
+        group.rmdir()

@@ -31,14 +31,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
 
 import torch
 
-from bench_common import run_main, run_report
+from bench_common import memory_capped, run_main, run_report
 from napari_artseg.atomic import atomic_write_text
 
 CHILD = r"""
@@ -157,15 +156,9 @@ def run_case(case: tuple, threads: int) -> dict:
 def run_capped(plan: bool, cap_gb: float, steps: int, threads: int) -> dict:
     """Train the paper U-Net in a child capped at ``cap_gb`` (cgroup v1); how it ended."""
     spec = {"plan": plan, "steps": steps, "threads": threads}
-    group = Path(f"/sys/fs/cgroup/memory/artseg-step-{os.getpid()}")
-    group.mkdir()
-    (group / "memory.limit_in_bytes").write_text(str(int(cap_gb * 1e9)))
-    command = ["sh", "-c", f"echo $$ > {group}/cgroup.procs && exec \"$@\"", "sh",
-               sys.executable, "-c", CAPPED, json.dumps(spec)]
-    try:
-        done = subprocess.run(command, capture_output=True, text=True)
-    finally:
-        group.rmdir()
+    command = [sys.executable, "-c", CAPPED, json.dumps(spec)]
+    with memory_capped(command, cap_gb, "artseg-step") as capped:
+        done = subprocess.run(capped, capture_output=True, text=True)
     for line in done.stdout.splitlines():
         if line.startswith("RESULT "):
             return {**spec, "exit": done.returncode, **json.loads(line[len("RESULT "):])}

@@ -47,7 +47,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file
 
-from bench_common import run_report
+from bench_common import memory_capped, run_report
 from napari_artseg.atomic import atomic_write_text
 from napari_artseg.synth import write_dataset
 
@@ -96,18 +96,8 @@ def run_child(threads: int, data: Path, out: Path, budget: float | None,
     switches = ",".join(["trim" if trim else "no-trim", "reuse" if reuse else "no-reuse"])
     command = [sys.executable, "-c", CHILD, str(threads), str(data), str(out), json.dumps(budget),
                switches]
-    group = None
-    if limit_gb is not None:
-        group = Path(f"/sys/fs/cgroup/memory/artseg-bench-{os.getpid()}")
-        group.mkdir()
-        (group / "memory.limit_in_bytes").write_text(str(int(limit_gb * 1e9)))
-        with_group = f"echo $$ > {group}/cgroup.procs && exec \"$@\""
-        command = ["sh", "-c", with_group, "sh", *command]
-    try:
-        done = subprocess.run(command, capture_output=True, text=True)
-    finally:
-        if group is not None:
-            group.rmdir()
+    with memory_capped(command, limit_gb, "artseg-bench") as capped:
+        done = subprocess.run(capped, capture_output=True, text=True)
     for line in done.stdout.splitlines():
         if line.startswith("RESULT "):
             return json.loads(line[len("RESULT "):])

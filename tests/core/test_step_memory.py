@@ -35,7 +35,7 @@ def fresh_estimates():
 def measured_per_image(network, shape, batch=2):
     """Tracked peak of a step at the full size, per image, less the gradients."""
     probe = copy.deepcopy(network).train()
-    gradients = sum(p.numel() * p.element_size() for p in probe.parameters())
+    gradients = step_memory.gradient_bytes(probe)
     return (step_memory._probe_peak(probe, (batch, *shape)) - gradients) / batch
 
 

@@ -35,6 +35,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_leaves
 
 from ..errors import ArtSegError
+from ..scorecam_tuning import model_signature
 from .spill import available_memory_bytes
 
 #: Micro-batches are sized so that this many times the estimated step fits the memory.
@@ -106,8 +107,9 @@ def _probe_sides(network: torch.nn.Module, height: int, width: int) -> tuple[int
     return sides if sides[1] ** 2 < height * width else ()
 
 
-def _signature(network: torch.nn.Module, shape: tuple[int, ...]) -> tuple:
-    return (type(network).__name__, tuple(tuple(p.shape) for p in network.parameters()), shape)
+def gradient_bytes(network: torch.nn.Module) -> int:
+    """Bytes of the gradients of ``network``'s trainable weights (as large as the weights)."""
+    return sum(p.numel() * p.element_size() for p in network.parameters() if p.requires_grad)
 
 
 def bytes_per_image(network: torch.nn.Module, image_shape: tuple[int, ...]) -> float:
@@ -132,11 +134,10 @@ def bytes_per_image(network: torch.nn.Module, image_shape: tuple[int, ...]) -> f
     """
     channels, height, width = image_shape
     sides = _probe_sides(network, height, width)
-    key = _signature(network, (channels, *(sides or (height, width))))
+    key = (*model_signature(network), channels, *(sides or (height, width)))
     if key not in _PER_IMAGE:
         probe = copy.deepcopy(network).cpu().train()
-        gradients = sum(p.numel() * p.element_size() for p in probe.parameters()
-                        if p.requires_grad)
+        gradients = gradient_bytes(probe)
         if sides:
             small, large = ((_probe_peak(probe, (PROBE_BATCH, channels, side, side)) - gradients)
                             / PROBE_BATCH for side in sides)
@@ -152,7 +153,7 @@ def bytes_per_image(network: torch.nn.Module, image_shape: tuple[int, ...]) -> f
 
 def fixed_bytes(network: torch.nn.Module) -> int:
     """Bytes a step holds whatever the batch: the gradients and Adam's two moments."""
-    return 3 * sum(p.numel() * p.element_size() for p in network.parameters() if p.requires_grad)
+    return 3 * gradient_bytes(network)
 
 
 def local_ranks() -> int:
